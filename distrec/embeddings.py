@@ -1,0 +1,118 @@
+"""User and item embedding tables as TorchRec collections, built on the meta device.
+
+One collection per entity (users, items), each with one table, so that user and item lookups
+can have different batch sizes. `lookup()` turns a flat id tensor into a KeyedJaggedTensor of
+bags of one id and returns `[N, D]` rows, whichever collection type (bag or sequence) and
+however the table is sharded. Imports: torch, torchrec, distrec.config.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+from torch import nn
+from torchrec import optim as trec_optim
+from torchrec.modules.embedding_configs import EmbeddingBagConfig, EmbeddingConfig, PoolingType
+from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
+from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
+from torchrec.optim.optimizers import in_backward_optimizer_filter
+from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor
+
+from distrec.config import ConfigError, ModelConfig, TrainConfig
+
+USER, ITEM = "user", "item"
+TABLE_SHARDING_FIELDS = {USER: "user_sharding", ITEM: "item_sharding"}
+
+# name -> (optimizer class the fused kernel is picked from, extra kwargs)
+_OPTIMIZERS = {
+    "row_wise_adagrad": trec_optim.RowWiseAdagrad,
+    "adagrad": torch.optim.Adagrad,
+    "sgd": torch.optim.SGD,
+    "adam": torch.optim.Adam,
+}
+
+
+def _xavier_uniform(weight: torch.Tensor, bound: float) -> torch.Tensor:
+    # The bound comes from the whole table's shape: a shard must not compute its own fan-in.
+    with torch.no_grad():
+        return weight.uniform_(-bound, bound)
+
+
+def make_collection(name: str, num_rows: int, cfg: ModelConfig, device: torch.device) -> nn.Module:
+    bound = math.sqrt(6.0 / (num_rows + cfg.dim))
+    init = functools.partial(_xavier_uniform, bound=bound)
+    if cfg.collection == "bag":
+        table = EmbeddingBagConfig(
+            name=name, embedding_dim=cfg.dim, num_embeddings=num_rows, feature_names=[name],
+            pooling=PoolingType.SUM, init_fn=init,
+        )
+        return EmbeddingBagCollection(tables=[table], device=device)
+    table = EmbeddingConfig(name=name, embedding_dim=cfg.dim, num_embeddings=num_rows, feature_names=[name], init_fn=init)
+    return EmbeddingCollection(tables=[table], device=device)
+
+
+class Tables(nn.Module):
+    """The user and item tables; `users(ids)` / `items(ids)` return `[N, D]` rows."""
+
+    def __init__(self, num_users: int, num_items: int, cfg: ModelConfig, device: torch.device = torch.device("meta")):
+        super().__init__()
+        num_users, num_items = int(num_users), int(num_items)  # numpy ints break ShardedTensor sizes
+        self.num_users = num_users
+        self.num_items = num_items
+        self.dim = cfg.dim
+        self.user_table = make_collection(USER, num_users, cfg, device)
+        self.item_table = make_collection(ITEM, num_items, cfg, device)
+
+    def users(self, ids: torch.Tensor) -> torch.Tensor:
+        return lookup(self.user_table, USER, ids)
+
+    def items(self, ids: torch.Tensor) -> torch.Tensor:
+        return lookup(self.item_table, ITEM, ids)
+
+
+def lookup(collection: nn.Module, key: str, ids: torch.Tensor) -> torch.Tensor:
+    """Rows for a flat id tensor `[N]` -> `[N, D]` through a (possibly sharded) collection."""
+    kjt = KeyedJaggedTensor.from_lengths_sync(
+        keys=[key], values=ids.reshape(-1), lengths=torch.ones(ids.numel(), dtype=torch.int32, device=ids.device)
+    )
+    rows = collection(kjt)[key]
+    if isinstance(rows, JaggedTensor):  # EmbeddingCollection: unpooled, one row per id
+        return rows.values()
+    return rows  # EmbeddingBagCollection: bags of one id, pooled
+
+
+def _optimizer_kwargs(cfg: TrainConfig) -> dict:
+    kwargs: dict = {"lr": cfg.lr}
+    if cfg.optimizer in ("row_wise_adagrad", "adagrad", "adam"):
+        kwargs["eps"] = cfg.eps
+    return kwargs
+
+
+def attach_fused_optimizer(tables: Tables, train_cfg: TrainConfig, model_cfg: ModelConfig) -> None:
+    """Register the optimizer that fbgemm fuses into the embedding backward pass.
+
+    Must run before sharding. Data-parallel tables are replicated dense tensors that the fused
+    kernel does not own: `dense_optimizer` steps them instead. On CPU fbgemm has exact SGD,
+    Adagrad and row-wise Adagrad but no Adam (GPU only); `check_optimizer_device` says so first.
+    """
+    for name, collection in ((USER, tables.user_table), (ITEM, tables.item_table)):
+        if getattr(model_cfg, TABLE_SHARDING_FIELDS[name]) != "data_parallel":
+            apply_optimizer_in_backward(_OPTIMIZERS[train_cfg.optimizer], collection.parameters(), _optimizer_kwargs(train_cfg))
+
+
+def dense_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer | None:
+    """The same optimizer, stepped explicitly, for parameters outside the fused kernels."""
+    params = [p for _, p in in_backward_optimizer_filter(model.named_parameters())]
+    if not params:
+        return None
+    return _OPTIMIZERS[cfg.optimizer](params, **_optimizer_kwargs(cfg))
+
+
+def check_optimizer_device(cfg: TrainConfig, device: torch.device) -> None:
+    if cfg.optimizer == "adam" and device.type != "cuda":
+        raise ConfigError(
+            "train.optimizer=adam needs a GPU: fbgemm's fused Adam is not supported in CPU mode; "
+            "use train.optimizer=row_wise_adagrad (the CPU default) or adagrad"
+        )

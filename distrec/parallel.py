@@ -1,0 +1,145 @@
+"""Process groups, devices, sharding plans and the few collectives distrec needs.
+
+The only module that touches torch.distributed set-up, launcher environment variables and
+devices. `init()` returns a frozen `DistEnv` that the rest of the code receives explicitly.
+Imports: torch, torchrec, distrec.config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torchrec.distributed.comm_ops import set_gradient_division
+from torchrec.distributed.model_parallel import DistributedModelParallel
+from torchrec.distributed.planner import EmbeddingShardingPlanner, ParameterConstraints, Topology
+from torchrec.distributed.types import ShardingType
+
+from distrec.config import ModelConfig
+
+# The fused (fbgemm) kernel is the only one that keeps no dense copy and applies the optimizer
+# inside the backward pass; data_parallel tables need the dense kernel by construction.
+_FUSED = "fused"
+_DENSE = "dense"
+
+
+@dataclasses.dataclass(frozen=True)
+class DistEnv:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+    backend: str
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init(device: str = "auto", timeout_s: int = 1800) -> DistEnv:
+    """Join (or, for a plain `python -m distrec.train`, create) the default process group.
+
+    Rank and world size come from the launcher (torchrun / torchx set RANK, WORLD_SIZE,
+    LOCAL_RANK, MASTER_ADDR, MASTER_PORT). A single process still gets a group of one, so that
+    DistributedModelParallel and the collectives run the same code path at any world size.
+    """
+    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device=cuda was asked for but no GPU is visible")
+    env = os.environ
+    if "RANK" not in env:
+        env.setdefault("MASTER_ADDR", "127.0.0.1")
+        env.setdefault("MASTER_PORT", str(_free_port()))
+        env.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+    local_rank = int(env.get("LOCAL_RANK", "0"))
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+        dev = torch.device("cuda", local_rank)
+    else:
+        dev = torch.device("cpu")
+    backend = "nccl" if use_cuda else "gloo"
+    if not dist.is_initialized():
+        dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s))
+    return DistEnv(
+        rank=dist.get_rank(),
+        world_size=dist.get_world_size(),
+        local_rank=local_rank,
+        device=dev,
+        backend=backend,
+    )
+
+
+def shutdown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def shard(model: nn.Module, env: DistEnv, cfg: ModelConfig, table_names: dict[str, str]) -> DistributedModelParallel:
+    """Plan and shard `model`'s embedding collections over all ranks.
+
+    `table_names` maps each table name to the ModelConfig field holding its sharding type.
+    The planner chooses placement and shard sizes; the sharding type is the user's choice.
+    """
+    constraints = {}
+    for table, field in table_names.items():
+        kind = getattr(cfg, field)
+        constraints[table] = ParameterConstraints(
+            sharding_types=[ShardingType[kind.upper()].value],
+            compute_kernels=[_DENSE if kind == "data_parallel" else _FUSED],
+        )
+    compute_device = "cuda" if env.device.type == "cuda" else "cpu"
+    planner = EmbeddingShardingPlanner(
+        topology=Topology(world_size=env.world_size, compute_device=compute_device, local_world_size=_local_world_size(env)),
+        constraints=constraints,
+    )
+    plan = planner.collective_plan(model, pg=dist.GroupMember.WORLD)
+    # TorchRec divides the gradients that reach a sharded table by the world size (its
+    # gradient division, on by default), just as DDP averages replicated ones: a loss scaled
+    # as mean over the global batch times world_size gives one-process gradients on both.
+    set_gradient_division(True)
+    return DistributedModelParallel(module=model, device=env.device, plan=plan)
+
+
+def _local_world_size(env: DistEnv) -> int:
+    return int(os.environ.get("LOCAL_WORLD_SIZE", env.world_size))
+
+
+def all_reduce_sum(t: torch.Tensor, env: DistEnv) -> torch.Tensor:
+    """Sum over ranks (in place on a copy on the communication device); returns the input's device."""
+    if env.world_size == 1:
+        return t
+    work = t.to(env.device)
+    dist.all_reduce(work)
+    return work.to(t.device)
+
+
+def all_gather_rows(t: torch.Tensor, env: DistEnv, total_rows: int) -> torch.Tensor:
+    """Concatenate each rank's rows `[n_r, ...]` in rank order, then trim to `total_rows`.
+
+    Ranks may hold different numbers of rows (at most `ceil(total/world)` each): they are padded
+    to that size for the collective.
+    """
+    if env.world_size == 1:
+        return t[:total_rows]
+    per_rank = -(-total_rows // env.world_size)
+    padded = torch.zeros((per_rank, *t.shape[1:]), dtype=t.dtype, device=t.device)
+    padded[: t.shape[0]] = t
+    out = [torch.empty_like(padded) for _ in range(env.world_size)]
+    dist.all_gather(out, padded)
+    return torch.cat(out)[:total_rows]
+
+
+def barrier(env: DistEnv) -> None:
+    if env.world_size > 1:
+        dist.barrier()

@@ -1,0 +1,80 @@
+"""Negative samplers: uniform candidates excluding training items, DNS and MNS selection.
+
+Candidates are drawn on each rank for its local batch with a generator seeded by
+(seed, epoch, rank); hard samplers score them with the current embeddings and keep the
+highest-scoring one, at full dimension (DNS) or per matryoshka level on that level's prefix
+(MNS). Imports: numpy, torch.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+class CandidateSampler:
+    """Uniform item ids that are not among the user's training items.
+
+    `train_keys` are the sorted keys user * num_items + item of all training pairs: a
+    membership test is one `searchsorted`, and colliding draws are redrawn, all vectorised.
+    """
+
+    def __init__(self, train_users: np.ndarray, train_items: np.ndarray, num_items: int, max_rounds: int = 100):
+        self.num_items = num_items
+        self.keys = np.unique(train_users.astype(np.int64) * num_items + train_items)
+        self.max_rounds = max_rounds
+        counts = np.bincount(train_users, minlength=int(train_users.max()) + 1 if len(train_users) else 0)
+        full = np.flatnonzero(counts >= num_items)
+        if len(full):
+            raise ValueError(f"user {full[0]} has interacted with every item: no negative exists")
+
+    def is_train(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        keys = users * self.num_items + items
+        pos = np.searchsorted(self.keys, keys)
+        pos = np.minimum(pos, len(self.keys) - 1)
+        return self.keys[pos] == keys
+
+    def draw(self, rng: np.random.Generator, users: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+        """`users [B]` -> candidate ids `[B, *shape]`, none a training item of its user."""
+        users = users.astype(np.int64)
+        out = rng.integers(0, self.num_items, size=(len(users), *shape), dtype=np.int64)
+        owner = np.broadcast_to(users.reshape(-1, *([1] * len(shape))), out.shape)
+        flat_out, flat_owner = out.reshape(-1), owner.reshape(-1)
+        bad = np.flatnonzero(self.is_train(flat_owner, flat_out))
+        for _ in range(self.max_rounds):
+            if len(bad) == 0:
+                return out
+            flat_out[bad] = rng.integers(0, self.num_items, size=len(bad), dtype=np.int64)
+            bad = bad[self.is_train(flat_owner[bad], flat_out[bad])]
+        raise RuntimeError(f"could not draw negatives for {len(bad)} candidates in {self.max_rounds} rounds")
+
+
+def candidate_shape(sampler: str, num_negs: int, num_levels: int, mns_pool: str) -> tuple[int, int]:
+    """(groups, per group) of candidates per sample; MNS 'per_level' draws one block per level."""
+    if sampler == "uniform":
+        return (1, 1)
+    if sampler == "mns" and mns_pool == "per_level":
+        return (num_levels, num_negs)
+    return (1, num_negs)
+
+
+@torch.no_grad()
+def select_hardest(
+    u: torch.Tensor, cands: torch.Tensor, levels: tuple[int, ...], sampler: str
+) -> torch.Tensor:
+    """Index of the chosen candidate: `u [B, D]`, `cands [B, G, N, D]` -> `[B, J]` into N.
+
+    uniform: the single candidate (J = 1). dns: argmax of the full-dimension score (J = 1).
+    mns: for level l, argmax of <u[:d_l], c[:d_l]> over group l (or the only group when the
+    pool is shared), so J = L negatives that are hard at each level's granularity.
+    """
+    b, groups, n, _ = cands.shape
+    if sampler == "uniform":
+        return torch.zeros((b, 1), dtype=torch.long, device=u.device)
+    if sampler == "dns":
+        return torch.einsum("bd,bnd->bn", u, cands[:, 0]).argmax(dim=1, keepdim=True)
+    picks = []
+    for l, d in enumerate(levels):
+        block = cands[:, l if groups > 1 else 0, :, :d]
+        picks.append(torch.einsum("bd,bnd->bn", u[:, :d], block).argmax(dim=1))
+    return torch.stack(picks, dim=1)

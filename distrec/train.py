@@ -1,0 +1,210 @@
+"""Train MRL4Rec (matryoshka matrix factorisation) with TorchRec-sharded user/item tables.
+
+    python -m distrec.train --config configs/mrl4rec_phones.yaml train.epochs=50 run_dir=/tmp/r
+    torchrun --nproc_per_node 2 -m distrec.train --config ...
+    torchx run -s local_cwd dist.ddp -j 1x8 distrec/train.py
+
+Reads top to bottom: config, process group, data, model, sharding, loop (train, evaluate on
+validation, keep the best), then the test evaluation of the best epoch and the outputs.
+Imported by nothing.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):
+    # Run as a file (torchx --script, torchrun distrec/train.py): put the repository root first
+    # on the path instead of distrec/, whose module names must not shadow anything.
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+import math
+import time
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from distrec import checkpoint, config, evaluate, outputs, parallel
+from distrec.data import DataError, InteractionData, load_dataset
+from distrec.data.batches import epoch_batches, num_batches
+from distrec.embeddings import (
+    TABLE_SHARDING_FIELDS,
+    Tables,
+    attach_fused_optimizer,
+    check_optimizer_device,
+    dense_optimizer,
+)
+from distrec.model import Batch, MatryoshkaMF
+from distrec.samplers import CandidateSampler, candidate_shape
+
+USAGE = "usage: python -m distrec.train [--config configs/NAME.yaml] [key.sub=value ...]"
+
+
+def parse_args(argv: list[str]) -> tuple[str | None, list[str]]:
+    """`--config PATH` and dotted overrides. A leading path to this very script is ignored:
+    the users' `torchx run ... dist.ddp -j 1x8 distrec/train.py` passes it as an argument."""
+    args = list(argv)
+    if args and args[0].endswith(".py") and Path(args[0]).resolve() == Path(__file__).resolve():
+        args = args[1:]
+    path = None
+    overrides = []
+    while args:
+        arg = args.pop(0)
+        if arg in ("-h", "--help"):
+            print(USAGE)
+            raise SystemExit(0)
+        if arg == "--config":
+            if not args:
+                raise config.ConfigError("--config needs a path")
+            path = args.pop(0)
+        elif arg.startswith("--config="):
+            path = arg.split("=", 1)[1]
+        elif "=" in arg and not arg.startswith("-"):
+            overrides.append(arg)
+        else:
+            raise config.ConfigError(f"unexpected argument {arg!r}; {USAGE}")
+    return path, overrides
+
+
+def main(argv: list[str] | None = None) -> dict:
+    path, overrides = parse_args(sys.argv[1:] if argv is None else argv)
+    cfg = config.load(path, overrides)
+    env = parallel.init(cfg.device)
+    try:
+        return train(cfg, env)
+    finally:
+        parallel.shutdown()
+
+
+def train(cfg: config.Config, env: parallel.DistEnv) -> dict:
+    start = time.perf_counter()
+    run_dir = Path(cfg.run_dir)
+    log = print if env.is_main else (lambda *a, **k: None)
+    check_optimizer_device(cfg.train, env.device)
+    if env.is_main:
+        outputs.write_config(run_dir, config.to_dict(cfg))
+        (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+
+    # Data: every rank ingests the same files deterministically; rank 0 writes the Parquet copy.
+    data_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else run_dir / "data"
+    data = load_dataset(
+        cfg.data, out_dir=data_dir if env.is_main else None, drop_cold_test_users=cfg.data.cold_test_users == "drop"
+    )
+    log(f"data: {data.num_users} users, {data.num_items} items, {len(data.train_users)} train / "
+        f"{len(data.valid_users)} valid / {len(data.test_users)} test pairs; world size {env.world_size}")
+    csr = {split: data.csr(split) for split in ("train", "valid", "test")}
+
+    # Model: tables on the meta device, the fused optimizer attached, then planned and sharded.
+    tables = Tables(data.num_users, data.num_items, cfg.model)
+    attach_fused_optimizer(tables, cfg.train, cfg.model)
+    model = parallel.shard(MatryoshkaMF(tables, cfg.model, cfg.train), env, cfg.model, TABLE_SHARDING_FIELDS)
+    dense_opt = dense_optimizer(model, cfg.train)
+    log(f"sharding plan:\n{model.plan}")
+
+    sampler = CandidateSampler(data.train_users, data.train_items, data.num_items)
+    cand_shape = candidate_shape(cfg.train.sampler, cfg.train.num_negs, len(cfg.model.levels), cfg.train.mns_pool)
+    eval_args = dict(levels=cfg.model.levels, ks=cfg.eval.ks, chunk_mb=cfg.eval.chunk_mb)
+    select_dim = str(cfg.model.levels[-1])
+    best = {"score": -math.inf, "epoch": 0, "valid": None, "snapshot": None}
+    train_seconds = 0.0
+
+    for epoch in range(1, cfg.train.epochs + 1):
+        t0 = time.perf_counter()
+        mean_loss = train_epoch(model, dense_opt, data, sampler, cand_shape, cfg, env, epoch)
+        train_seconds += time.perf_counter() - t0
+        record = {"epoch": epoch, "loss": mean_loss, "epoch_seconds": time.perf_counter() - t0}
+        if epoch % cfg.eval.every_epochs and epoch != cfg.train.epochs:
+            log(_epoch_line(record))
+            continue
+        t1 = time.perf_counter()
+        module = model.module.tables
+        record["valid"] = evaluate.evaluate(module, env, csr["valid"], [csr["train"]], **eval_args)
+        if cfg.eval.track_test:  # reporting only; selection never looks at test
+            record["test"] = evaluate.evaluate(module, env, csr["test"], [csr["train"], csr["valid"]], **eval_args)
+        record["eval_seconds"] = time.perf_counter() - t1
+        record["elapsed_seconds"] = time.perf_counter() - start
+        score = record["valid"][select_dim][cfg.eval.select_metric]
+        if score > best["score"]:
+            best.update(score=score, epoch=epoch, valid=record["valid"], snapshot=checkpoint.snapshot(model))
+        if env.is_main:
+            outputs.append_metrics(run_dir, record)
+        log(_epoch_line(record, select_dim, cfg.eval.select_metric, best["epoch"]))
+        if epoch - best["epoch"] >= cfg.eval.patience * cfg.eval.every_epochs:
+            log(f"early stop: no better validation {cfg.eval.select_metric} since epoch {best['epoch']}")
+            break
+
+    # Test once, with the weights of the best validation epoch.
+    checkpoint.restore(model, best["snapshot"])
+    module = model.module.tables
+    test = evaluate.evaluate(module, env, csr["test"], [csr["train"], csr["valid"]], **eval_args)
+    result = {"test": test, "valid": best["valid"], "best_epoch": best["epoch"], "train_seconds": train_seconds}
+    users = evaluate.gather_table(module.users, data.num_users, env)
+    items = evaluate.gather_table(module.items, data.num_items, env)
+    if env.is_main:
+        outputs.write_json(run_dir / "metrics.json", result)
+        outputs.export_embeddings(run_dir, users.cpu().numpy(), items.cpu().numpy(), data.user_raw, data.item_raw)
+        _print_table(test, cfg.eval.ks)
+        log(f"best epoch {best['epoch']}; {train_seconds:.1f} s training, "
+            f"{time.perf_counter() - start:.1f} s in all; outputs in {run_dir}")
+    return result
+
+
+def train_epoch(model, dense_opt, data: InteractionData, sampler: CandidateSampler, cand_shape, cfg, env, epoch: int) -> float:
+    """One pass over the training pairs; returns the mean loss over all ranks' pairs."""
+    rng = np.random.default_rng([cfg.train.seed, epoch, env.rank])  # per rank and epoch
+    n = len(data.train_users)
+    batches = epoch_batches(n, cfg.train.batch_size, cfg.train.seed, epoch, env.rank, env.world_size)
+    bar = tqdm(batches, total=num_batches(n, cfg.train.batch_size), desc=f"epoch {epoch}", leave=False,
+               disable=not (cfg.progress and env.is_main), mininterval=1.0)
+    totals = torch.zeros(2, dtype=torch.float64)
+    model.train()
+    for step, (idx, global_size) in enumerate(bar):
+        users = data.train_users[idx]
+        batch = Batch(
+            users=torch.as_tensor(users),
+            pos=torch.as_tensor(data.train_items[idx]),
+            cands=torch.as_tensor(sampler.draw(rng, users, cand_shape)),
+            global_size=global_size,
+            world_size=env.world_size,
+        ).to(env.device)
+        loss, stats = model(batch)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"non-finite loss {loss.item()} at epoch {epoch}, step {step} on rank {env.rank}; "
+                "lower train.lr or check the data. Nothing from this epoch was saved."
+            )
+        loss.backward()
+        if dense_opt is not None:
+            dense_opt.step()
+            dense_opt.zero_grad()
+        totals += torch.stack([stats["loss_sum"].double().cpu(), stats["pairs"].double().cpu()])
+    totals = parallel.all_reduce_sum(totals, env)
+    return (totals[0] / totals[1].clamp(min=1)).item()
+
+
+def _epoch_line(record: dict, dim: str = "", metric: str = "", best_epoch: int = 0) -> str:
+    line = f"epoch {record['epoch']:3d} | loss {record['loss']:.4f} | {record['epoch_seconds']:.1f} s"
+    if "valid" in record:
+        line += f" | valid@{dim} {metric} {record['valid'][dim][metric]:.4f}"
+        if "test" in record:
+            line += f" | test@{dim} {metric} {record['test'][dim][metric]:.4f}"
+        line += f" | eval {record['eval_seconds']:.1f} s | best epoch {best_epoch}"
+    return line
+
+
+def _print_table(metrics: dict, ks: tuple[int, ...]) -> None:
+    names = evaluate.metric_names(ks)
+    print("test metrics at every matryoshka dimension (best validation epoch):")
+    print("dim  " + " ".join(f"{n:>10}" for n in names))
+    for dim, row in metrics.items():
+        print(f"{dim:>3}  " + " ".join(f"{row[n]:10.4f}" for n in names))
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (config.ConfigError, DataError, FloatingPointError) as err:  # one clear line, no traceback
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -1,0 +1,152 @@
+"""Sharded tables on 2 gloo ranks against one process and against plain-torch references."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from distrec import checkpoint, config, evaluate, losses, parallel, samplers
+from distrec.embeddings import TABLE_SHARDING_FIELDS, Tables, attach_fused_optimizer, dense_optimizer
+from distrec.model import Batch, MatryoshkaMF
+from tests.dist.launch import run_ranks
+
+pytestmark = pytest.mark.dist
+
+NUM_USERS, NUM_ITEMS, DIM = 37, 29, 16  # odd sizes: uneven shards and uneven eval blocks
+LEVELS = (4, 8, 16)
+KS = (1, 5, 10)
+LR = 0.5
+BATCH = 24
+
+
+def make_problem(seed: int = 0):
+    rng = np.random.default_rng(seed)
+    g = torch.Generator().manual_seed(seed)
+    weights = {"user": torch.randn(NUM_USERS, DIM, generator=g) * 0.3, "item": torch.randn(NUM_ITEMS, DIM, generator=g) * 0.3}
+    lists = {s: [[] for _ in range(NUM_USERS)] for s in ("train", "valid", "test")}
+    for u in range(NUM_USERS):
+        perm = rng.permutation(NUM_ITEMS)
+        n_train, n_valid, n_test = rng.integers(1, 5), rng.integers(0, 2), rng.integers(0, 4)
+        lists["train"][u] = sorted(perm[:n_train].tolist())
+        lists["valid"][u] = sorted(perm[n_train : n_train + n_valid].tolist())
+        lists["test"][u] = sorted(perm[n_train + n_valid : n_train + n_valid + n_test].tolist())
+    csr = {}
+    for split, ls in lists.items():
+        indptr = np.zeros(NUM_USERS + 1, dtype=np.int64)
+        indptr[1:] = np.cumsum([len(x) for x in ls])
+        csr[split] = (indptr, np.array([i for x in ls for i in x], dtype=np.int64))
+    users = rng.integers(0, NUM_USERS, size=BATCH)
+    pos = np.array([rng.choice(lists["train"][u]) for u in users])
+    sampler = samplers.CandidateSampler(
+        np.repeat(np.arange(NUM_USERS), np.diff(csr["train"][0])), csr["train"][1], NUM_ITEMS
+    )
+    cands = sampler.draw(rng, users, (len(LEVELS), 4))
+    return weights, csr, (users, pos, cands)
+
+
+def build(overrides: list[str], env):
+    cfg = config.load(None, [f"model.dim={DIM}", f"model.levels={list(LEVELS)}", "train.loss=mrl", "train.sampler=mns", f"train.lr={LR}", *overrides])
+    tables = Tables(NUM_USERS, NUM_ITEMS, cfg.model)
+    attach_fused_optimizer(tables, cfg.train, cfg.model)
+    model = parallel.shard(MatryoshkaMF(tables, cfg.model, cfg.train), env, cfg.model, TABLE_SHARDING_FIELDS)
+    return cfg, model, dense_optimizer(model, cfg.train)
+
+
+def rank_body(overrides: list[str], weights, csr, batch_arrays):
+    """Evaluate given weights, take one step on a fixed global batch, return metrics and tables."""
+    env = parallel.init("cpu")
+    try:
+        cfg, model, dense_opt = build(overrides, env)
+        checkpoint.load_full_tables(model, weights)
+        tables = model.module.tables
+        args = dict(levels=LEVELS, ks=KS, chunk_mb=0.0005)  # a few users per block
+        valid = evaluate.evaluate(tables, env, csr["valid"], [csr["train"]], **args)
+        test = evaluate.evaluate(tables, env, csr["test"], [csr["train"], csr["valid"]], **args)
+        users, pos, cands = batch_arrays
+        mine = np.array_split(np.arange(len(users)), env.world_size)[env.rank]
+        batch = Batch(torch.as_tensor(users[mine]), torch.as_tensor(pos[mine]), torch.as_tensor(cands[mine]), len(users), env.world_size)
+        loss, _ = model(batch)
+        loss.backward()
+        if dense_opt is not None:
+            dense_opt.step()
+        after = {
+            "user": evaluate.gather_table(tables.users, NUM_USERS, env),
+            "item": evaluate.gather_table(tables.items, NUM_ITEMS, env),
+        }
+        return {"valid": valid, "test": test, "tables": after, "plan": str(model.plan)}
+    finally:
+        parallel.shutdown()
+
+
+def reference_sgd_step(weights, batch_arrays):
+    """Plain torch: MNS selection, MRL loss averaged over the batch, L2, one SGD step."""
+    users, pos, cands = (torch.as_tensor(x) for x in batch_arrays)
+    wu = weights["user"].clone().requires_grad_(True)
+    wi = weights["item"].clone().requires_grad_(True)
+    u = wu[users]
+    cand_rows = wi.detach()[cands]  # [B, L, N, D]
+    pick = samplers.select_hardest(u.detach(), cand_rows, LEVELS, "mns")
+    neg_ids = cands[torch.arange(len(users))[:, None], torch.arange(len(LEVELS))[None, :], pick]
+    p, n = wi[pos], wi[neg_ids]
+    w = tuple(1.0 / len(LEVELS) for _ in LEVELS)
+    loss = (losses.pairwise_loss(u, p, n, LEVELS, w, "mrl").sum() + 1e-4 * losses.l2_penalty(u, p, n)) / len(users)
+    loss.backward()
+    return {"user": (wu - LR * wu.grad).detach(), "item": (wi - LR * wi.grad).detach()}
+
+
+def brute_metrics(weights, csr, split, exclude):
+    users = np.flatnonzero(np.diff(csr[split][0]) > 0)
+    sums = evaluate.score_block(weights["user"][users], weights["item"], users, csr[split], [csr[s] for s in exclude], LEVELS, KS)
+    means = (sums / len(users)).tolist()
+    return {str(d): dict(zip(evaluate.metric_names(KS), row)) for d, row in zip(LEVELS, means)}
+
+
+def assert_metrics_equal(a, b):
+    assert a.keys() == b.keys()
+    for d in a:
+        for m in a[d]:
+            assert a[d][m] == pytest.approx(b[d][m], abs=1e-9), (d, m)
+
+
+SHARDINGS = [
+    ["model.collection=bag", "model.user_sharding=table_wise", "model.item_sharding=table_wise"],
+    ["model.collection=sequence", "model.user_sharding=row_wise", "model.item_sharding=row_wise"],
+    ["model.collection=bag", "model.user_sharding=column_wise", "model.item_sharding=data_parallel"],
+]
+
+
+@pytest.mark.parametrize("sharding", SHARDINGS, ids=["table_wise", "row_wise", "column_wise+data_parallel"])
+def test_two_ranks_equal_one_process_and_plain_torch(sharding, tmp_path):
+    weights, csr, batch = make_problem()
+    overrides = [*sharding, "train.optimizer=sgd"]
+    one = run_ranks(rank_body, 1, tmp_path, overrides, weights, csr, batch)[0]
+    two = run_ranks(rank_body, 2, tmp_path, overrides, weights, csr, batch)
+    # Both ranks agree, and agree with one process and with a brute-force evaluation.
+    for result in two:
+        assert_metrics_equal(result["valid"], one["valid"])
+        assert_metrics_equal(result["test"], one["test"])
+    assert_metrics_equal(one["valid"], brute_metrics(weights, csr, "valid", ["train"]))
+    assert_metrics_equal(one["test"], brute_metrics(weights, csr, "test", ["train", "valid"]))
+    # One SGD step on the same global batch: same tables on 1 and 2 ranks, equal to plain torch.
+    ref = reference_sgd_step(weights, batch)
+    for name in ("user", "item"):
+        assert not torch.allclose(ref[name], weights[name])  # the step really moved something
+        torch.testing.assert_close(one["tables"][name], ref[name], atol=1e-6, rtol=1e-5)
+        for result in two:
+            torch.testing.assert_close(result["tables"][name], ref[name], atol=1e-6, rtol=1e-5)
+    plan = two[0]["plan"]
+    for kind in ("table_wise", "row_wise", "column_wise", "data_parallel"):
+        if any(kind in o for o in sharding):
+            assert kind in plan
+
+
+def test_row_wise_adagrad_two_ranks_equal_one_process(tmp_path):
+    weights, csr, batch = make_problem(seed=1)
+    overrides = [*SHARDINGS[1], "train.optimizer=row_wise_adagrad"]
+    one = run_ranks(rank_body, 1, tmp_path, overrides, weights, csr, batch)[0]
+    two = run_ranks(rank_body, 2, tmp_path, overrides, weights, csr, batch)
+    for name in ("user", "item"):
+        assert not torch.allclose(one["tables"][name], weights[name])
+        for result in two:
+            torch.testing.assert_close(result["tables"][name], one["tables"][name], atol=1e-6, rtol=1e-5)

@@ -1,0 +1,73 @@
+import math
+
+import pytest
+import torch
+
+from distrec import losses
+
+
+def softplus(x: float) -> float:
+    return math.log1p(math.exp(x))
+
+
+def test_prefix_scores_are_nested_dot_products():
+    g = torch.Generator().manual_seed(0)
+    u, items = torch.randn(3, 8, generator=g), torch.randn(3, 2, 8, generator=g)
+    got = losses.prefix_scores(u, items, (2, 4, 8))
+    for b in range(3):
+        for j in range(2):
+            for li, d in enumerate((2, 4, 8)):
+                assert got[b, j, li].item() == pytest.approx(float(u[b, :d] @ items[b, j, :d]), abs=1e-5)
+
+
+def test_mrl_loss_with_one_negative_per_level_by_hand():
+    u = torch.tensor([[1.0, 2.0, 0.5, -1.0]])
+    pos = torch.tensor([[0.5, 0.5, 1.0, 1.0]])
+    negs = torch.tensor([[[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 2.0, 0.0]]])  # j_1 for level 2, j_2 for level 4
+    # level 2: s_pos = 0.5 + 1 = 1.5, s_neg(j_1) = 1.0; level 4: s_pos = 1.5 + 0.5 - 1 = 1.0, s_neg(j_2) = 2 + 1 = 3
+    expected = 0.25 * softplus(1.0 - 1.5) + 0.75 * softplus(3.0 - 1.0)
+    got = losses.pairwise_loss(u, pos, negs, (2, 4), (0.25, 0.75), "mrl")
+    assert got.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_mrl_loss_with_a_shared_negative_uses_it_at_every_level():
+    u = torch.tensor([[1.0, 2.0, 0.5, -1.0]])
+    pos = torch.tensor([[0.5, 0.5, 1.0, 1.0]])
+    neg = torch.tensor([[[0.0, 1.0, 2.0, 0.0]]])
+    # level 2: s_neg = 2; level 4: s_neg = 3
+    expected = 0.5 * softplus(2.0 - 1.5) + 0.5 * softplus(3.0 - 1.0)
+    got = losses.pairwise_loss(u, pos, neg, (2, 4), (0.5, 0.5), "mrl")
+    assert got.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_bpr_uses_the_full_dimension_only():
+    u = torch.tensor([[1.0, 2.0, 0.5, -1.0]])
+    pos = torch.tensor([[0.5, 0.5, 1.0, 1.0]])
+    negs = torch.tensor([[[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 2.0, 0.0]]])
+    one = losses.pairwise_loss(u, pos, negs[:, :1], (2, 4), (0.5, 0.5), "bpr")
+    assert one.item() == pytest.approx(softplus(1.0 - 1.0), rel=1e-6)
+    many = losses.pairwise_loss(u, pos, negs, (2, 4), (0.25, 0.75), "bpr")  # BPR-M: weighted over MNS negatives
+    assert many.item() == pytest.approx(0.25 * softplus(1.0 - 1.0) + 0.75 * softplus(3.0 - 1.0), rel=1e-6)
+
+
+def test_wrong_number_of_negatives_is_an_error():
+    u = torch.zeros(1, 4)
+    with pytest.raises(ValueError, match="negatives"):
+        losses.pairwise_loss(u, u, torch.zeros(1, 3, 4), (2, 4), (0.5, 0.5), "mrl")
+
+
+def test_loss_gradient_matches_autograd_of_direct_formula():
+    g = torch.Generator().manual_seed(1)
+    u = torch.randn(5, 8, generator=g, requires_grad=True)
+    pos = torch.randn(5, 8, generator=g)
+    negs = torch.randn(5, 3, 8, generator=g)
+    levels, w = (2, 4, 8), (0.2, 0.3, 0.5)
+    got = losses.pairwise_loss(u, pos, negs, levels, w, "mrl").sum()
+    (grad,) = torch.autograd.grad(got, u)
+    u2 = u.detach().clone().requires_grad_(True)
+    direct = sum(
+        w[l] * torch.nn.functional.softplus((u2[:, :d] * negs[:, l, :d]).sum(1) - (u2[:, :d] * pos[:, :d]).sum(1))
+        for l, d in enumerate(levels)
+    ).sum()
+    (grad2,) = torch.autograd.grad(direct, u2)
+    torch.testing.assert_close(grad, grad2)

@@ -1,0 +1,182 @@
+"""Per-user train / valid / test splits, csr, the report's counts and the Parquet dataset."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from distrec.config import DataConfig, SyntheticConfig
+from distrec.data import DataError, InteractionData, load_dataset, read_parquet
+from distrec.data import dataset
+
+
+def keys(data: InteractionData, split: str) -> np.ndarray:
+    users, items = data.pairs(split)
+    return data.user_raw[users] * 10**9 + data.item_raw[items]
+
+
+def per_user(data: InteractionData, split: str) -> np.ndarray:
+    return np.bincount(data.pairs(split)[0], minlength=data.num_users)
+
+
+def write_log(tmp_path: Path, users: np.ndarray, items: np.ndarray) -> str:
+    path = tmp_path / "log.tsv"
+    path.write_text("".join(f"{u}\t{i}\n" for u, i in zip(users.tolist(), items.tolist())))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def small() -> InteractionData:
+    return load_dataset(DataConfig(synthetic=SyntheticConfig(preset="small")))
+
+
+def test_splits_are_disjoint_and_cover_the_input(small):
+    generated = DataConfig().synthetic
+    from distrec.data.synthetic import generate
+
+    users, items = generate(generated)
+    expected = np.sort(users * 10**9 + items)
+    parts = [keys(small, s) for s in ("train", "valid", "test")]
+    union = np.sort(np.concatenate(parts))
+    assert np.array_equal(union, expected), "splits must partition the (duplicate-free) input"
+    assert np.unique(union).size == union.size, "splits must be disjoint"
+
+
+def test_every_user_keeps_training_items_and_shares_are_close(small):
+    assert per_user(small, "train").min() >= 1
+    n_train, n_valid, n_test = (small.report["splits"][s] for s in ("train", "valid", "test"))
+    assert abs(n_test / (n_train + n_valid + n_test) - 0.2) < 0.005
+    assert abs(n_valid / (n_train + n_valid) - 0.1) < 0.005
+
+
+def test_stochastic_rounding_keeps_the_share_exact_for_small_users(tmp_path):
+    # Every user has 3 pairs: floor or round of 0.1 * 3 would hold out nothing at all.
+    users = np.repeat(np.arange(5000), 3)
+    items = np.tile(np.arange(3), 5000) + users % 7
+    cfg = DataConfig(format="log", train=write_log(tmp_path, users, items), test_fraction=0.0, valid_fraction=0.1)
+    data = load_dataset(cfg)
+    share = data.report["splits"]["valid"] / users.size
+    assert abs(share - 0.1) < 0.01, share
+    assert per_user(data, "train").min() >= 1
+
+
+def test_high_fractions_never_take_a_users_last_item_and_singletons_stay_in_train(tmp_path):
+    rng = np.random.default_rng(3)
+    users = rng.integers(0, 300, 2000)
+    users[:50] = np.arange(1000, 1050)  # 50 users with exactly one interaction
+    items = rng.integers(0, 500, users.size)
+    data = load_dataset(DataConfig(format="log", train=write_log(tmp_path, users, items), test_fraction=0.9, valid_fraction=0.9))
+    assert per_user(data, "train").min() >= 1
+    singletons = np.searchsorted(data.user_raw, np.arange(1000, 1050))
+    assert per_user(data, "test")[singletons].sum() == 0 and per_user(data, "valid")[singletons].sum() == 0
+    assert data.report["filtered"]["duplicate"] == users.size - np.unique(users * 1000 + items).size
+
+
+def test_splits_are_deterministic_per_seed(tmp_path):
+    rng = np.random.default_rng(5)
+    users, items = rng.integers(0, 200, 5000), rng.integers(0, 300, 5000)
+    path = write_log(tmp_path, users, items)
+    a = load_dataset(DataConfig(format="log", train=path, seed=1))
+    b = load_dataset(DataConfig(format="log", train=path, seed=1))
+    c = load_dataset(DataConfig(format="log", train=path, seed=2))
+    assert a == b
+    assert not np.array_equal(keys(a, "test"), keys(c, "test"))
+    assert not np.array_equal(keys(a, "valid"), keys(c, "valid"))
+
+
+def test_valid_split_of_user_lines_changes_with_seed_only(tmp_path):
+    (tmp_path / "train.txt").write_text("".join(f"{u} " + " ".join(map(str, range(u, u + 20))) + "\n" for u in range(50)))
+    (tmp_path / "test.txt").write_text("0 100\n")
+    cfg = dict(format="user_lines", train=str(tmp_path / "train.txt"), test=str(tmp_path / "test.txt"))
+    a, b, c = (load_dataset(DataConfig(**cfg, seed=s)) for s in (4, 4, 5))
+    assert a == b and not np.array_equal(keys(a, "valid"), keys(c, "valid"))
+    assert np.array_equal(np.sort(np.concatenate([keys(a, "train"), keys(a, "valid")])),
+                          np.sort(np.concatenate([keys(c, "train"), keys(c, "valid")])))
+
+
+def test_csr_matches_brute_force(small):
+    for split in ("train", "valid", "test"):
+        indptr, items = small.csr(split)
+        assert indptr.dtype == np.int64 and indptr.shape == (small.num_users + 1,)
+        users, expected_items = small.pairs(split)
+        by_user: dict[int, list[int]] = {}
+        for u, i in zip(users.tolist(), expected_items.tolist()):
+            by_user.setdefault(u, []).append(i)
+        for u in range(0, small.num_users, 37):
+            assert items[indptr[u] : indptr[u + 1]].tolist() == sorted(by_user.get(u, []))
+    with pytest.raises(ValueError, match="split must be one of"):
+        small.csr("training")
+
+
+def test_arrays_are_frozen(small):
+    with pytest.raises(ValueError):
+        small.train_users[0] = 5
+
+
+def test_report_counts_add_up_and_are_json(tmp_path):
+    (tmp_path / "train.txt").write_text("1 2 2 3\n2 3\n")
+    (tmp_path / "test.txt").write_text("1 3 4 4\n2 5\n")
+    data = load_dataset(DataConfig(format="user_lines", train=str(tmp_path / "train.txt"), test=str(tmp_path / "test.txt")))
+    report = data.report
+    assert report["filtered"] == {"duplicate_train": 1, "duplicate_test": 1, "test_in_train": 1, "cold_test": 0}
+    assert report["pairs_read"] == 8
+    assert report["pairs_read"] - sum(report["filtered"].values()) == sum(report["splits"].values()) == 5
+    assert report["items_without_train"] >= 2  # items 4 and 5 occur in test only
+    assert json.loads(json.dumps(report)) == report
+
+
+# ---------------------------------------------------------------- Parquet
+
+
+def test_parquet_round_trip(tmp_path, small):
+    cfg = DataConfig(synthetic=SyntheticConfig(preset="tiny"))
+    data = load_dataset(cfg, out_dir=tmp_path / "ds")
+    assert sorted(p.name for p in (tmp_path / "ds").iterdir()) == sorted(dataset.DATASET_FILES)
+    back = read_parquet(tmp_path / "ds")
+    assert back == data and back.report == data.report
+    assert back != small
+    import pyarrow.parquet as pq
+
+    schema = pq.read_schema(tmp_path / "ds" / "interactions.parquet")
+    assert [(f.name, str(f.type)) for f in schema] == [("user", "int64"), ("item", "int64"), ("split", "int8")]
+
+
+def test_parquet_round_trip_keeps_raw_ids(tmp_path):
+    (tmp_path / "log.csv").write_text("user,item\n1000000007,5\n3,99999999999\n3,5\n1000000007,4\n")
+    data = load_dataset(DataConfig(format="log", train=str(tmp_path / "log.csv")), out_dir=tmp_path / "ds")
+    back = read_parquet(tmp_path / "ds")
+    assert back == data and back.user_raw.tolist() == [3, 1000000007]
+
+
+def test_a_crash_while_writing_keeps_the_previous_dataset(tmp_path, monkeypatch):
+    out = tmp_path / "ds"
+    first = load_dataset(DataConfig(synthetic=SyntheticConfig(preset="tiny")), out_dir=out)
+    calls = []
+    real_write = dataset.pq.write_table
+
+    def failing_write(table, where, **kw):
+        calls.append(where)
+        if len(calls) == 2:
+            raise OSError("disk full")
+        real_write(table, where, **kw)
+
+    monkeypatch.setattr(dataset.pq, "write_table", failing_write)
+    with pytest.raises(OSError, match="disk full"):
+        load_dataset(DataConfig(synthetic=SyntheticConfig(preset="tiny", seed=99)), out_dir=out)
+    assert sorted(p.name for p in out.iterdir()) == sorted(dataset.DATASET_FILES), "temp files must be cleaned up"
+    assert read_parquet(out) == first
+    monkeypatch.undo()
+    second = load_dataset(DataConfig(synthetic=SyntheticConfig(preset="tiny", seed=99)), out_dir=out)
+    assert read_parquet(out) == second != first
+
+
+def test_read_parquet_refuses_an_incomplete_dataset(tmp_path):
+    with pytest.raises(DataError, match="no report.json"):
+        read_parquet(tmp_path / "missing")
+    load_dataset(DataConfig(synthetic=SyntheticConfig(preset="tiny")), out_dir=tmp_path / "ds")
+    (tmp_path / "ds" / "report.json").unlink()
+    with pytest.raises(DataError, match="ds: no report.json"):
+        read_parquet(tmp_path / "ds")
