@@ -41,4 +41,9 @@ def export_embeddings(run_dir: Path, users: np.ndarray, items: np.ndarray, user_
     out = run_dir / "embeddings"
     out.mkdir(parents=True, exist_ok=True)
     for name, arr in (("user_embeddings", users), ("item_embeddings", items), ("user_ids", user_raw), ("item_ids", item_raw)):
-        _atomic_write(out / f"{name}.npy", lambda p, a=arr: np.save(open(p, "wb"), a))
+        _atomic_write(out / f"{name}.npy", lambda p, a=arr: _save_npy(p, a))
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    with open(path, "wb") as f:  # a file object: np.save would append .npy to the temp name
+        np.save(f, array)

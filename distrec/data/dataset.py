@@ -25,7 +25,8 @@ from distrec.data import ingest, synthetic
 from distrec.data.ingest import DataError
 
 SPLITS = ("train", "valid", "test")  # their int8 codes in interactions.parquet are 0, 1, 2
-DATASET_FILES = ("interactions.parquet", "users.parquet", "items.parquet", "report.json")  # report.json last: it marks a complete dataset
+# Written in this order; report.json goes last because its presence marks a complete dataset.
+DATASET_FILES = ("interactions.parquet", "users.parquet", "items.parquet", "report.json")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,7 +143,8 @@ def _from_log(cfg: DataConfig) -> InteractionData:
 
 def _from_synthetic(cfg: DataConfig) -> InteractionData:
     users, items = synthetic.generate(cfg.synthetic)
-    source = {"format": "synthetic", "preset": cfg.synthetic.preset, **dataclasses.asdict(synthetic.resolve(cfg.synthetic))}
+    sizes = dataclasses.asdict(synthetic.resolve(cfg.synthetic))
+    source = {"format": "synthetic", "preset": cfg.synthetic.preset, **sizes}
     return _from_pairs(cfg, source, {}, users, items)
 
 
@@ -163,18 +165,24 @@ def _from_pairs(cfg: DataConfig, source: dict, lines: dict, users: np.ndarray, i
 
 
 def _finish(
-    cfg: DataConfig, report: dict, train_keys: np.ndarray, test_keys: np.ndarray, user_raw: np.ndarray, item_raw: np.ndarray
+    cfg: DataConfig,
+    report: dict,
+    train_keys: np.ndarray,
+    test_keys: np.ndarray,
+    user_raw: np.ndarray,
+    item_raw: np.ndarray,
 ) -> InteractionData:
     """Draw validation out of train and assemble; keys are sorted unique `user * num_items + item`."""
     num_users, num_items = user_raw.size, item_raw.size
     is_valid = _holdout(train_keys, num_items, num_users, cfg.valid_fraction, np.random.default_rng([cfg.seed, 2]))
     split_keys = {"train": train_keys[~is_valid], "valid": train_keys[is_valid], "test": test_keys}
+    trained_items = np.count_nonzero(np.bincount(split_keys["train"] % num_items, minlength=num_items))
     report.update(
         splits={name: int(k.size) for name, k in split_keys.items()},
         num_users=int(num_users),
         num_items=int(num_items),
         # Kept, but a model cannot learn them: items seen in valid / test only.
-        items_without_train=int(num_items - np.count_nonzero(np.bincount(split_keys["train"] % num_items, minlength=num_items))),
+        items_without_train=int(num_items - trained_items),
         valid_fraction=cfg.valid_fraction,
         seed=cfg.seed,
     )
@@ -182,7 +190,12 @@ def _finish(
     for name, keys in split_keys.items():
         arrays[f"{name}_users"], arrays[f"{name}_items"] = np.divmod(keys, num_items)
     return InteractionData(
-        num_users=int(num_users), num_items=int(num_items), user_raw=user_raw, item_raw=item_raw, report=report, **arrays
+        num_users=int(num_users),
+        num_items=int(num_items),
+        user_raw=user_raw,
+        item_raw=item_raw,
+        report=report,
+        **arrays,
     )
 
 
@@ -218,7 +231,9 @@ def _isin_sorted(keys: np.ndarray, sorted_keys: np.ndarray) -> np.ndarray:
     return sorted_keys[at] == keys
 
 
-def _holdout(keys: np.ndarray, num_items: int, num_users: int, fraction: float, rng: np.random.Generator) -> np.ndarray:
+def _holdout(
+    keys: np.ndarray, num_items: int, num_users: int, fraction: float, rng: np.random.Generator
+) -> np.ndarray:
     """bool [len(keys)]: a random share `fraction` of each user's pairs, never the user's last one.
 
     A user with n pairs holds out floor(fraction * n + U), U uniform on [0, 1): stochastic rounding,

@@ -36,7 +36,9 @@ class Pairs:
 
 
 MAX_DIGITS = 18  # every 18-digit decimal fits in int64; longer ids are refused rather than wrapped
-USER_LINES_FORMAT = "user_lines files hold `user item item ...` lines of non-negative integer ids separated by spaces or tabs"
+USER_LINES_FORMAT = (
+    "user_lines files hold `user item item ...` lines of non-negative integer ids separated by spaces or tabs"
+)
 LOG_COLUMNS = ("user", "item", "rating", "timestamp")
 LOG_FORMAT = "a log line is `user,item[,rating][,timestamp]` (tab, comma, pipe or space separated)"
 LOG_TYPES = {"user": pa.int64(), "item": pa.int64(), "rating": pa.float64(), "timestamp": pa.int64()}

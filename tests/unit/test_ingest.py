@@ -99,7 +99,8 @@ def test_user_lines_random_files_match_brute_force(tmp_path, seed):
     def make(users, max_items, allow_empty):
         lines = []
         for u in users:
-            items = [rng.randrange(10**rng.randint(1, 9)) for _ in range(rng.randint(0 if allow_empty else 1, max_items))]
+            num = rng.randint(0 if allow_empty else 1, max_items)
+            items = [rng.randrange(10 ** rng.randint(1, 9)) for _ in range(num)]
             items += items[: rng.randint(0, 2)]  # duplicates
             line = str(u) + "".join(rng.choice(seps) + str(i) for i in items)
             lines.append(line + rng.choice(["", " ", "\r"]))
@@ -167,7 +168,8 @@ def test_log_formats_match_brute_force(tmp_path, delim_name, num_cols, header, d
 
 def test_log_crlf_blank_lines_and_header_detection(tmp_path):
     text = "user,item,rating\r\n\r\n1,5,4.5\r\n2,5,3\r\n\r\n2,6,1\r\n"
-    data = load_dataset(DataConfig(format="log", train=write(tmp_path, "a.csv", text), test_fraction=0.0, valid_fraction=0.0))
+    cfg = DataConfig(format="log", train=write(tmp_path, "a.csv", text), test_fraction=0.0, valid_fraction=0.0)
+    data = load_dataset(cfg)
     assert pairs_of(data, "train") == {(1, 5), (2, 5), (2, 6)}
     assert data.report["lines"]["log"] == {
         "read": 6, "header": 1, "blank": 2, "delimiter": "comma", "columns": ["user", "item", "rating"]

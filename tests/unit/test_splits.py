@@ -68,7 +68,8 @@ def test_high_fractions_never_take_a_users_last_item_and_singletons_stay_in_trai
     users = rng.integers(0, 300, 2000)
     users[:50] = np.arange(1000, 1050)  # 50 users with exactly one interaction
     items = rng.integers(0, 500, users.size)
-    data = load_dataset(DataConfig(format="log", train=write_log(tmp_path, users, items), test_fraction=0.9, valid_fraction=0.9))
+    path = write_log(tmp_path, users, items)
+    data = load_dataset(DataConfig(format="log", train=path, test_fraction=0.9, valid_fraction=0.9))
     assert per_user(data, "train").min() >= 1
     singletons = np.searchsorted(data.user_raw, np.arange(1000, 1050))
     assert per_user(data, "test")[singletons].sum() == 0 and per_user(data, "valid")[singletons].sum() == 0
@@ -88,7 +89,8 @@ def test_splits_are_deterministic_per_seed(tmp_path):
 
 
 def test_valid_split_of_user_lines_changes_with_seed_only(tmp_path):
-    (tmp_path / "train.txt").write_text("".join(f"{u} " + " ".join(map(str, range(u, u + 20))) + "\n" for u in range(50)))
+    lines = [" ".join(map(str, [u, *range(u, u + 20)])) for u in range(50)]
+    (tmp_path / "train.txt").write_text("\n".join(lines) + "\n")
     (tmp_path / "test.txt").write_text("0 100\n")
     cfg = dict(format="user_lines", train=str(tmp_path / "train.txt"), test=str(tmp_path / "test.txt"))
     a, b, c = (load_dataset(DataConfig(**cfg, seed=s)) for s in (4, 4, 5))
@@ -119,7 +121,8 @@ def test_arrays_are_frozen(small):
 def test_report_counts_add_up_and_are_json(tmp_path):
     (tmp_path / "train.txt").write_text("1 2 2 3\n2 3\n")
     (tmp_path / "test.txt").write_text("1 3 4 4\n2 5\n")
-    data = load_dataset(DataConfig(format="user_lines", train=str(tmp_path / "train.txt"), test=str(tmp_path / "test.txt")))
+    cfg = DataConfig(format="user_lines", train=str(tmp_path / "train.txt"), test=str(tmp_path / "test.txt"))
+    data = load_dataset(cfg)
     report = data.report
     assert report["filtered"] == {"duplicate_train": 1, "duplicate_test": 1, "test_in_train": 1, "cold_test": 0}
     assert report["pairs_read"] == 8
