@@ -30,6 +30,7 @@ def gather_table(lookup, num_rows: int, env: DistEnv) -> torch.Tensor:
     Each rank looks up one contiguous slice of ids (a collective, so every rank takes part
     even with an empty slice), then the slices are all-gathered.
     """
+    num_rows = int(num_rows)  # a numpy integer would break torch.arange
     per_rank = -(-num_rows // env.world_size)
     lo, hi = min(env.rank * per_rank, num_rows), min((env.rank + 1) * per_rank, num_rows)
     ids = torch.arange(lo, hi, device=env.device)
