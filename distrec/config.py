@@ -136,6 +136,9 @@ class TrainConfig:
     eps: float = 1e-8
     l2: float = 1e-4  # on the batch's embeddings, as in common BPR code
     seed: int = 2022
+    # After early stopping, train a fresh model on train + validation for the selected number
+    # of epochs and test that one (the validation split then only picks the epoch count).
+    refit: bool = False
 
     def __post_init__(self) -> None:
         _check_choice("train.loss", self.loss, LOSSES)

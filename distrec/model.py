@@ -62,8 +62,10 @@ class MatryoshkaMF(nn.Module):
         if self.sampler == "uniform":
             return cands[:, 0, :1]
         with torch.no_grad():  # scoring candidates needs no gradient: only the chosen ones train
-            cand_rows = self.tables.items(cands.reshape(-1)).view(b, groups, n, -1)
-        pick = samplers.select_hardest(u, cand_rows, self.levels, self.sampler)  # [B, J] into N
+            # Candidates repeat (B * G * N draws over the catalogue): look each id up once.
+            distinct, where = torch.unique(cands, return_inverse=True)
+            rows = self.tables.items(distinct)
+        pick = samplers.select_hardest(u, rows, where, self.levels, self.sampler)  # [B, J] into N
         group = torch.arange(pick.shape[1], device=cands.device) if groups > 1 else torch.zeros(
             pick.shape[1], dtype=torch.long, device=cands.device
         )

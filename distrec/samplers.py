@@ -62,21 +62,24 @@ def candidate_shape(sampler: str, num_negs: int, num_levels: int, mns_pool: str)
 
 @torch.no_grad()
 def select_hardest(
-    u: torch.Tensor, cands: torch.Tensor, levels: tuple[int, ...], sampler: str
+    u: torch.Tensor, rows: torch.Tensor, cand_idx: torch.Tensor, levels: tuple[int, ...], sampler: str
 ) -> torch.Tensor:
-    """Index of the chosen candidate: `u [B, D]`, `cands [B, G, N, D]` -> `[B, J]` into N.
+    """Index of the chosen candidate per sample (and level), into the N candidates of a group.
 
+    u: [B, D] users; rows: [R, D] embeddings of the distinct candidate ids; cand_idx: [B, G, N]
+    row of each candidate in `rows`. Returns [B, J]:
     uniform: the single candidate (J = 1). dns: argmax of the full-dimension score (J = 1).
     mns: for level l, argmax of <u[:d_l], c[:d_l]> over group l (or the only group when the
-    pool is shared), so J = L negatives that are hard at each level's granularity.
+    pool is shared), so J = L negatives that are hard at each level's granularity. Only the
+    first d_l columns are gathered for level l.
     """
-    b, groups, n, _ = cands.shape
+    b, groups, n = cand_idx.shape
     if sampler == "uniform":
         return torch.zeros((b, 1), dtype=torch.long, device=u.device)
     if sampler == "dns":
-        return torch.einsum("bd,bnd->bn", u, cands[:, 0]).argmax(dim=1, keepdim=True)
+        return torch.einsum("bd,bnd->bn", u, rows[cand_idx[:, 0]]).argmax(dim=1, keepdim=True)
     picks = []
     for l, d in enumerate(levels):
-        block = cands[:, l if groups > 1 else 0, :, :d]
+        block = rows[:, :d][cand_idx[:, l if groups > 1 else 0]]  # [B, N, d]
         picks.append(torch.einsum("bd,bnd->bn", u[:, :d], block).argmax(dim=1))
     return torch.stack(picks, dim=1)

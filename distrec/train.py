@@ -96,23 +96,18 @@ def train(cfg: config.Config, env: parallel.DistEnv) -> dict:
         f"{len(data.valid_users)} valid / {len(data.test_users)} test pairs; world size {env.world_size}")
     csr = {split: data.csr(split) for split in ("train", "valid", "test")}
 
-    # Model: tables on the meta device, the fused optimizer attached, then planned and sharded.
-    tables = Tables(data.num_users, data.num_items, cfg.model)
-    attach_fused_optimizer(tables, cfg.train, cfg.model)
-    model = parallel.shard(MatryoshkaMF(tables, cfg.model, cfg.train), env, cfg.model, TABLE_SHARDING_FIELDS)
-    dense_opt = dense_optimizer(model, cfg.train)
+    model, dense_opt = build_model(cfg, env, data)
     log(f"sharding plan:\n{model.plan}")
-
-    sampler = CandidateSampler(data.train_users, data.train_items, data.num_items)
-    cand_shape = candidate_shape(cfg.train.sampler, cfg.train.num_negs, len(cfg.model.levels), cfg.train.mns_pool)
     eval_args = dict(levels=cfg.model.levels, ks=cfg.eval.ks, chunk_mb=cfg.eval.chunk_mb)
     select_dim = str(cfg.model.levels[-1])
     best = {"score": -math.inf, "epoch": 0, "valid": None, "snapshot": None}
     train_seconds = 0.0
 
+    # Train, evaluate on validation, keep the best epoch, stop when it stops improving.
+    sampler = CandidateSampler(data.train_users, data.train_items, data.num_items)
     for epoch in range(1, cfg.train.epochs + 1):
         t0 = time.perf_counter()
-        mean_loss = train_epoch(model, dense_opt, data, sampler, cand_shape, cfg, env, epoch)
+        mean_loss = train_epoch(model, dense_opt, data, sampler, cfg, env, epoch)
         train_seconds += time.perf_counter() - t0
         record = {"epoch": epoch, "loss": mean_loss, "epoch_seconds": time.perf_counter() - t0}
         if epoch % cfg.eval.every_epochs and epoch != cfg.train.epochs:
@@ -134,12 +129,25 @@ def train(cfg: config.Config, env: parallel.DistEnv) -> dict:
         if epoch - best["epoch"] >= cfg.eval.patience * cfg.eval.every_epochs:
             log(f"early stop: no better validation {cfg.eval.select_metric} since epoch {best['epoch']}")
             break
-
-    # Test once, with the weights of the best validation epoch.
     checkpoint.restore(model, best["snapshot"])
+
+    if cfg.train.refit:
+        # Train a fresh model on train + validation for the selected number of epochs, so the
+        # tested model has seen all training data (the validation split only chose the epoch).
+        data = data.merge_valid_into_train()
+        model, dense_opt = build_model(cfg, env, data)
+        sampler = CandidateSampler(data.train_users, data.train_items, data.num_items)
+        for epoch in range(1, best["epoch"] + 1):
+            t0 = time.perf_counter()
+            mean_loss = train_epoch(model, dense_opt, data, sampler, cfg, env, epoch)
+            train_seconds += time.perf_counter() - t0
+            log(f"refit on train + valid: " + _epoch_line({"epoch": epoch, "loss": mean_loss, "epoch_seconds": time.perf_counter() - t0}))
+
+    # Test once: the best validation epoch's weights (or the refit model), train + valid masked.
     module = model.module.tables
     test = evaluate.evaluate(module, env, csr["test"], [csr["train"], csr["valid"]], **eval_args)
-    result = {"test": test, "valid": best["valid"], "best_epoch": best["epoch"], "train_seconds": train_seconds}
+    result = {"test": test, "valid": best["valid"], "best_epoch": best["epoch"], "train_seconds": train_seconds,
+              "refit": cfg.train.refit}
     users = evaluate.gather_table(module.users, data.num_users, env)
     items = evaluate.gather_table(module.items, data.num_items, env)
     if env.is_main:
@@ -151,8 +159,17 @@ def train(cfg: config.Config, env: parallel.DistEnv) -> dict:
     return result
 
 
-def train_epoch(model, dense_opt, data: InteractionData, sampler: CandidateSampler, cand_shape, cfg, env, epoch: int) -> float:
+def build_model(cfg: config.Config, env: parallel.DistEnv, data: InteractionData):
+    """Tables on the meta device, the fused optimizer attached, then planned and sharded."""
+    tables = Tables(data.num_users, data.num_items, cfg.model)
+    attach_fused_optimizer(tables, cfg.train, cfg.model)
+    model = parallel.shard(MatryoshkaMF(tables, cfg.model, cfg.train), env, cfg.model, TABLE_SHARDING_FIELDS)
+    return model, dense_optimizer(model, cfg.train)
+
+
+def train_epoch(model, dense_opt, data: InteractionData, sampler: CandidateSampler, cfg, env, epoch: int) -> float:
     """One pass over the training pairs; returns the mean loss over all ranks' pairs."""
+    cand_shape = candidate_shape(cfg.train.sampler, cfg.train.num_negs, len(cfg.model.levels), cfg.train.mns_pool)
     rng = np.random.default_rng([cfg.train.seed, epoch, env.rank])  # per rank and epoch
     n = len(data.train_users)
     batches = epoch_batches(n, cfg.train.batch_size, cfg.train.seed, epoch, env.rank, env.world_size)

@@ -72,6 +72,15 @@ class InteractionData:
         np.cumsum(np.bincount(users, minlength=self.num_users), out=indptr[1:])
         return indptr, items
 
+    def merge_valid_into_train(self) -> "InteractionData":
+        """The same data with the validation pairs moved back into train (for a final refit)."""
+        keys = np.sort(np.concatenate([self.train_users * self.num_items + self.train_items,
+                                       self.valid_users * self.num_items + self.valid_items]))
+        empty = np.zeros(0, np.int64)
+        report = {**self.report, "valid_merged_into_train": int(self.valid_users.size)}
+        return dataclasses.replace(self, train_users=keys // self.num_items, train_items=keys % self.num_items,
+                                   valid_users=empty, valid_items=empty, report=report)
+
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, InteractionData):
             return NotImplemented

@@ -85,8 +85,7 @@ def reference_sgd_step(weights, batch_arrays):
     wu = weights["user"].clone().requires_grad_(True)
     wi = weights["item"].clone().requires_grad_(True)
     u = wu[users]
-    cand_rows = wi.detach()[cands]  # [B, L, N, D]
-    pick = samplers.select_hardest(u.detach(), cand_rows, LEVELS, "mns")
+    pick = samplers.select_hardest(u.detach(), wi.detach(), cands, LEVELS, "mns")  # rows = the whole table
     neg_ids = cands[torch.arange(len(users))[:, None], torch.arange(len(LEVELS))[None, :], pick]
     p, n = wi[pos], wi[neg_ids]
     w = tuple(1.0 / len(LEVELS) for _ in LEVELS)

@@ -46,7 +46,8 @@ def test_mns_picks_the_per_level_argmax_like_brute_force(groups):
     levels = (2, 4, 8)
     u = torch.randn(6, 8, generator=g)
     cands = torch.randn(6, groups, 5, 8, generator=g)
-    got = samplers.select_hardest(u, cands, levels, "mns")
+    rows, idx = cands.reshape(-1, 8), torch.arange(6 * groups * 5).view(6, groups, 5)
+    got = samplers.select_hardest(u, rows, idx, levels, "mns")
     assert got.shape == (6, 3)
     for b in range(6):
         for l, d in enumerate(levels):
@@ -58,10 +59,11 @@ def test_mns_picks_the_per_level_argmax_like_brute_force(groups):
 def test_mns_levels_really_differ_from_dns():
     # Candidate 0 wins on the first 2 dims, candidate 1 on the full vector.
     u = torch.ones(1, 4)
-    cands = torch.tensor([[[[5.0, 5.0, -9.0, -9.0], [1.0, 1.0, 4.0, 4.0]]]])
-    assert samplers.select_hardest(u, cands, (2, 4), "mns").tolist() == [[0, 1]]
-    assert samplers.select_hardest(u, cands, (2, 4), "dns").tolist() == [[1]]
-    assert samplers.select_hardest(u, cands, (2, 4), "uniform").tolist() == [[0]]
+    rows = torch.tensor([[5.0, 5.0, -9.0, -9.0], [1.0, 1.0, 4.0, 4.0]])
+    idx = torch.tensor([[[0, 1]]])
+    assert samplers.select_hardest(u, rows, idx, (2, 4), "mns").tolist() == [[0, 1]]
+    assert samplers.select_hardest(u, rows, idx, (2, 4), "dns").tolist() == [[1]]
+    assert samplers.select_hardest(u, rows, idx, (2, 4), "uniform").tolist() == [[0]]
 
 
 def test_candidate_shapes():

@@ -183,3 +183,16 @@ def test_read_parquet_refuses_an_incomplete_dataset(tmp_path):
     (tmp_path / "ds" / "report.json").unlink()
     with pytest.raises(DataError, match="ds: no report.json"):
         read_parquet(tmp_path / "ds")
+
+
+def test_merge_valid_into_train_keeps_every_pair_once():
+    from distrec.config import DataConfig, SyntheticConfig
+    from distrec.data import load_dataset
+
+    data = load_dataset(DataConfig(synthetic=SyntheticConfig(preset="tiny")))
+    merged = data.merge_valid_into_train()
+    before = set(zip(data.train_users.tolist(), data.train_items.tolist())) | set(zip(data.valid_users.tolist(), data.valid_items.tolist()))
+    after = list(zip(merged.train_users.tolist(), merged.train_items.tolist()))
+    assert len(data.valid_users) > 0 and len(merged.valid_users) == 0
+    assert after == sorted(before)
+    assert np.array_equal(merged.test_users, data.test_users)
