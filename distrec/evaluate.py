@@ -71,7 +71,7 @@ def evaluate(
     my_users = np.concatenate(mine) if mine else np.zeros(0, dtype=np.int64)
     user_rows = _lookup_padded(tables.users, torch.as_tensor(my_users, device=env.device)).float()
     sums = torch.zeros((len(levels), 2 * len(ks)), dtype=torch.float64)
-    start = 0
+    start = 0  # user_rows holds this rank's blocks back to back
     for users in mine:
         u = user_rows[start : start + len(users)]
         start += len(users)
@@ -102,16 +102,15 @@ def score_block(
     ks: tuple[int, ...],
 ) -> torch.Tensor:
     """Metric sums `[L, 2 * len(ks)]` (float64) for one block: `u [C, D]`, `items [I, D]`."""
-    c, num_items = len(users), items.shape[0]
-    u, items = u.cpu(), items.cpu()
-    rel = torch.zeros((c, num_items), dtype=torch.bool)
-    rel[_pairs(targets, users)] = True
+    c, num_items, dev = len(users), items.shape[0], u.device  # scored where the tables live (GPU or CPU)
+    rel = torch.zeros((c, num_items), dtype=torch.bool, device=dev)
+    rel[tuple(t.to(dev) for t in _pairs(targets, users))] = True
     num_targets = rel.sum(dim=1).double()
-    masks = [_pairs(csr, users) for csr in exclude]
+    masks = [tuple(t.to(dev) for t in _pairs(csr, users)) for csr in exclude]
     max_k = min(max(ks), num_items)
-    discount = 1.0 / torch.log2(torch.arange(2, max_k + 2, dtype=torch.float64))
+    discount = 1.0 / torch.log2(torch.arange(2, max_k + 2, dtype=torch.float64, device=dev))
     ideal = torch.cumsum(discount, 0)  # ideal DCG with n relevant items is ideal[n - 1]
-    out = torch.zeros((len(levels), 2 * len(ks)), dtype=torch.float64)
+    out = torch.zeros((len(levels), 2 * len(ks)), dtype=torch.float64, device=dev)
     for li, d in enumerate(levels):
         scores = u[:, :d] @ items[:, :d].T
         for rows, cols in masks:
@@ -125,4 +124,4 @@ def score_block(
             idcg = ideal[(num_targets.clamp(max=kk) - 1).long()]
             out[li, 2 * ki] = recall.sum()
             out[li, 2 * ki + 1] = (dcg / idcg).sum()
-    return out
+    return out.cpu()
