@@ -111,10 +111,15 @@ def score_block(
     discount = 1.0 / torch.log2(torch.arange(2, max_k + 2, dtype=torch.float64, device=dev))
     ideal = torch.cumsum(discount, 0)  # ideal DCG with n relevant items is ideal[n - 1]
     out = torch.zeros((len(levels), 2 * len(ks)), dtype=torch.float64, device=dev)
+    scores = torch.zeros((c, num_items), dtype=u.dtype, device=dev)
+    prev = 0
     for li, d in enumerate(levels):
-        scores = u[:, :d] @ items[:, :d].T
-        for rows, cols in masks:
-            scores[rows, cols] = -torch.inf
+        # Prefix scores grow level by level: add only the new block of coordinates, so all
+        # levels together cost one full-dimension product instead of one product per level.
+        scores.addmm_(u[:, prev:d], items[:, prev:d].T)
+        prev = d
+        for rows, cols in masks if li == 0 else ():
+            scores[rows, cols] = -torch.inf  # once: -inf stays -inf as later blocks are added
         top = scores.topk(max_k, dim=1).indices
         hit = rel.gather(1, top).double()  # [C, max_k]
         for ki, k in enumerate(ks):

@@ -8,7 +8,9 @@ Imports: torch, torchrec, distrec.config.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
+import warnings
 import socket
 from datetime import timedelta
 
@@ -99,11 +101,17 @@ def shard(model: nn.Module, env: DistEnv, cfg: ModelConfig, table_names: dict[st
             compute_kernels=[_DENSE if kind == "data_parallel" else _FUSED],
         )
     compute_device = "cuda" if env.device.type == "cuda" else "cpu"
-    planner = EmbeddingShardingPlanner(
-        topology=Topology(world_size=env.world_size, compute_device=compute_device, local_world_size=_local_world_size(env)),
-        constraints=constraints,
-    )
-    plan = planner.collective_plan(model, pg=dist.GroupMember.WORLD)
+    # The planner warns on every run about estimates that do not matter here (the tables are
+    # the whole model); keep its real errors, drop the noise from the users' console.
+    for name in ("torchrec.distributed.planner", "torch.fx._symbolic_trace"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        planner = EmbeddingShardingPlanner(
+            topology=Topology(world_size=env.world_size, compute_device=compute_device, local_world_size=_local_world_size(env)),
+            constraints=constraints,
+        )
+        plan = planner.collective_plan(model, pg=dist.GroupMember.WORLD)
     # TorchRec divides the gradients that reach a sharded table by the world size (its
     # gradient division, on by default), just as DDP averages replicated ones: a loss scaled
     # as mean over the global batch times world_size gives one-process gradients on both.

@@ -96,56 +96,24 @@ def train(cfg: config.Config, env: parallel.DistEnv) -> dict:
         f"{len(data.valid_users)} valid / {len(data.test_users)} test pairs; world size {env.world_size}")
     csr = {split: data.csr(split) for split in ("train", "valid", "test")}
 
-    model, dense_opt = build_model(cfg, env, data)
-    log(f"sharding plan:\n{model.plan}")
-    eval_args = dict(levels=cfg.model.levels, ks=cfg.eval.ks, chunk_mb=cfg.eval.chunk_mb)
-    select_dim = str(cfg.model.levels[-1])
-    best = {"score": -math.inf, "epoch": 0, "valid": None, "snapshot": None}
-    train_seconds = 0.0
-
-    # Train, evaluate on validation, keep the best epoch, stop when it stops improving.
-    sampler = CandidateSampler(data.train_users, data.train_items, data.num_items)
-    for epoch in range(1, cfg.train.epochs + 1):
-        t0 = time.perf_counter()
-        mean_loss = train_epoch(model, dense_opt, data, sampler, cfg, env, epoch)
-        train_seconds += time.perf_counter() - t0
-        record = {"epoch": epoch, "loss": mean_loss, "epoch_seconds": time.perf_counter() - t0}
-        if epoch % cfg.eval.every_epochs and epoch != cfg.train.epochs:
-            log(_epoch_line(record))
-            continue
-        t1 = time.perf_counter()
-        module = model.module.tables
-        record["valid"] = evaluate.evaluate(module, env, csr["valid"], [csr["train"]], **eval_args)
-        if cfg.eval.track_test:  # reporting only; selection never looks at test
-            record["test"] = evaluate.evaluate(module, env, csr["test"], [csr["train"], csr["valid"]], **eval_args)
-        record["eval_seconds"] = time.perf_counter() - t1
-        record["elapsed_seconds"] = time.perf_counter() - start
-        score = record["valid"][select_dim][cfg.eval.select_metric]
-        if score > best["score"]:
-            best.update(score=score, epoch=epoch, valid=record["valid"], snapshot=checkpoint.snapshot(model))
-        if env.is_main:
-            outputs.append_metrics(run_dir, record)
-        log(_epoch_line(record, select_dim, cfg.eval.select_metric, best["epoch"]))
-        if epoch - best["epoch"] >= cfg.eval.patience * cfg.eval.every_epochs:
-            log(f"early stop: no better validation {cfg.eval.select_metric} since epoch {best['epoch']}")
-            break
-    checkpoint.restore(model, best["snapshot"])
-
-    if cfg.train.refit:
-        # Train a fresh model on train + validation for the selected number of epochs, so the
-        # tested model has seen all training data (the validation split only chose the epoch).
-        data = data.merge_valid_into_train()
-        model, dense_opt = build_model(cfg, env, data)
-        sampler = CandidateSampler(data.train_users, data.train_items, data.num_items)
-        for epoch in range(1, best["epoch"] + 1):
-            t0 = time.perf_counter()
-            mean_loss = train_epoch(model, dense_opt, data, sampler, cfg, env, epoch)
-            train_seconds += time.perf_counter() - t0
-            log(f"refit on train + valid: " + _epoch_line({"epoch": epoch, "loss": mean_loss, "epoch_seconds": time.perf_counter() - t0}))
+    # Train with early stopping on validation; keep the best epoch's weights. Without a
+    # validation split (data.valid_fraction=0) every epoch runs and the last one is tested.
+    has_valid = data.valid_users.size > 0
+    if not has_valid:
+        log("no validation split: no early stopping or refit; the last epoch is tested")
+    phase = "select" if has_valid else "train"
+    model, best, train_seconds = fit(cfg, env, data, csr, cfg.train.epochs, phase=phase, start=start)
+    if cfg.train.refit and has_valid:
+        # A fresh model on train + validation for the selected number of epochs, so the tested
+        # model has seen all training data (the validation split only chose the epoch count).
+        phase = "refit"
+        model, _, refit_seconds = fit(cfg, env, data.merge_valid_into_train(), csr, best["epoch"], phase=phase, start=start)
+        train_seconds += refit_seconds
 
     # Test once: the best validation epoch's weights (or the refit model), train + valid masked.
     module = model.module.tables
-    test = evaluate.evaluate(module, env, csr["test"], [csr["train"], csr["valid"]], **eval_args)
+    test = evaluate.evaluate(module, env, csr["test"], [csr["train"], csr["valid"]], levels=cfg.model.levels,
+                             ks=cfg.eval.ks, chunk_mb=cfg.eval.chunk_mb)
     result = {"test": test, "valid": best["valid"], "best_epoch": best["epoch"], "train_seconds": train_seconds,
               "refit": cfg.train.refit}
     users = evaluate.gather_table(module.users, data.num_users, env)
@@ -153,10 +121,58 @@ def train(cfg: config.Config, env: parallel.DistEnv) -> dict:
     if env.is_main:
         outputs.write_json(run_dir / "metrics.json", result)
         outputs.export_embeddings(run_dir, users.cpu().numpy(), items.cpu().numpy(), data.user_raw, data.item_raw)
-        _print_table(test, cfg.eval.ks)
+        which = {"select": "the best validation epoch", "refit": "the refit model", "train": "the last epoch"}[phase]
+        _print_table(test, cfg.eval.ks, which)
         log(f"best epoch {best['epoch']}; {train_seconds:.1f} s training, "
             f"{time.perf_counter() - start:.1f} s in all; outputs in {run_dir}")
     return result
+
+
+def fit(cfg: config.Config, env: parallel.DistEnv, data: InteractionData, csr: dict, epochs: int, *, phase: str, start: float):
+    """Build a model and train it for up to `epochs` epochs; returns (model, best, train seconds).
+
+    phase "select": evaluate validation every `eval.every_epochs`, keep the best epoch's
+    weights (restored before returning), stop after `eval.patience` evaluations without
+    progress. "refit" / "train" (no validation): run all epochs; test is evaluated on the way
+    only with `eval.track_test`.
+    """
+    select = phase == "select"
+    log = print if env.is_main else (lambda *a, **k: None)
+    model, dense_opt = build_model(cfg, env, data)
+    log(f"sharding plan:\n{model.plan}")
+    sampler = CandidateSampler(data.train_users, data.train_items, data.num_items)
+    eval_args = dict(levels=cfg.model.levels, ks=cfg.eval.ks, chunk_mb=cfg.eval.chunk_mb)
+    dim, metric = str(cfg.model.levels[-1]), cfg.eval.select_metric
+    best = {"score": -math.inf, "epoch": epochs, "valid": None, "snapshot": None}
+    seconds = 0.0
+    for epoch in range(1, epochs + 1):
+        t0 = time.perf_counter()
+        record = {"phase": phase, "epoch": epoch,
+                  "loss": train_epoch(model, dense_opt, data, sampler, cfg, env, epoch)}
+        record["epoch_seconds"] = time.perf_counter() - t0
+        seconds += record["epoch_seconds"]
+        if (epoch % cfg.eval.every_epochs and epoch != epochs) or not (select or cfg.eval.track_test):
+            log(_epoch_line(record))
+            continue
+        t1 = time.perf_counter()
+        tables = model.module.tables
+        if select:
+            record["valid"] = evaluate.evaluate(tables, env, csr["valid"], [csr["train"]], **eval_args)
+        if cfg.eval.track_test:  # reporting only; selection never looks at test
+            record["test"] = evaluate.evaluate(tables, env, csr["test"], [csr["train"], csr["valid"]], **eval_args)
+        record["eval_seconds"] = time.perf_counter() - t1
+        record["elapsed_seconds"] = time.perf_counter() - start
+        if env.is_main:
+            outputs.append_metrics(Path(cfg.run_dir), record)
+        if select and record["valid"][dim][metric] > best["score"]:
+            best.update(score=record["valid"][dim][metric], epoch=epoch, valid=record["valid"], snapshot=checkpoint.snapshot(model))
+        log(_epoch_line(record, dim, metric, best["epoch"] if select else None))
+        if select and epoch - best["epoch"] >= cfg.eval.patience * cfg.eval.every_epochs:
+            log(f"early stop: no better validation {metric} since epoch {best['epoch']}")
+            break
+    if select:
+        checkpoint.restore(model, best["snapshot"])
+    return model, best, seconds
 
 
 def build_model(cfg: config.Config, env: parallel.DistEnv, data: InteractionData):
@@ -201,19 +217,23 @@ def train_epoch(model, dense_opt, data: InteractionData, sampler: CandidateSampl
     return (totals[0] / totals[1].clamp(min=1)).item()
 
 
-def _epoch_line(record: dict, dim: str = "", metric: str = "", best_epoch: int = 0) -> str:
+def _epoch_line(record: dict, dim: str = "", metric: str = "", best_epoch: int | None = None) -> str:
     line = f"epoch {record['epoch']:3d} | loss {record['loss']:.4f} | {record['epoch_seconds']:.1f} s"
-    if "valid" in record:
-        line += f" | valid@{dim} {metric} {record['valid'][dim][metric]:.4f}"
-        if "test" in record:
-            line += f" | test@{dim} {metric} {record['test'][dim][metric]:.4f}"
-        line += f" | eval {record['eval_seconds']:.1f} s | best epoch {best_epoch}"
+    if record.get("phase") == "refit":
+        line = "refit on train + valid: " + line
+    for split in ("valid", "test"):
+        if split in record:
+            line += f" | {split}@{dim} {metric} {record[split][dim][metric]:.4f}"
+    if "eval_seconds" in record:
+        line += f" | eval {record['eval_seconds']:.1f} s"
+    if best_epoch is not None:
+        line += f" | best epoch {best_epoch}"
     return line
 
 
-def _print_table(metrics: dict, ks: tuple[int, ...]) -> None:
+def _print_table(metrics: dict, ks: tuple[int, ...], which: str) -> None:
     names = evaluate.metric_names(ks)
-    print("test metrics at every matryoshka dimension (best validation epoch):")
+    print(f"test metrics at every matryoshka dimension ({which}):")
     print("dim  " + " ".join(f"{n:>10}" for n in names))
     for dim, row in metrics.items():
         print(f"{dim:>3}  " + " ".join(f"{row[n]:10.4f}" for n in names))

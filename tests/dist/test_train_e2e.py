@@ -78,3 +78,16 @@ def test_non_finite_loss_stops_before_writing_results(tmp_path):
     assert "non-finite loss" in out.stderr
     assert not (tmp_path / "r" / "metrics.json").exists()
     assert not (tmp_path / "r" / "embeddings").exists()
+
+
+def test_refit_trains_a_fresh_model_for_the_selected_epochs_and_tests_it(tmp_path):
+    result = run_ranks(_main, 2, tmp_path, [*TINY, "train.refit=true", "eval.track_test=true", "eval.patience=1",
+                                             f"run_dir={tmp_path}/r"])[0]
+    records = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    select = [r for r in records if r["phase"] == "select"]
+    refit = [r for r in records if r["phase"] == "refit"]
+    assert [r["epoch"] for r in refit] == list(range(1, result["best_epoch"] + 1))
+    assert all("valid" not in r for r in refit) and all("valid" in r for r in select)
+    # The final test evaluation is of the refit model after its last epoch.
+    assert result["test"] == refit[-1]["test"]
+    assert result["refit"] is True
