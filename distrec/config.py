@@ -21,7 +21,7 @@ class ConfigError(ValueError):
 
 SHARDING_TYPES = ("table_wise", "row_wise", "column_wise", "data_parallel")
 OPTIMIZERS = ("row_wise_adagrad", "adagrad", "sgd", "adam")
-LOSSES = ("bpr", "mrl")
+LOSSES = ("bpr", "mrl", "softmax")
 SAMPLERS = ("uniform", "dns", "mns")
 DATA_FORMATS = ("synthetic", "user_lines", "log")
 SYNTHETIC_PRESETS = ("tiny", "small", "books")
@@ -49,6 +49,34 @@ class SyntheticConfig:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
+class SequenceConfig:
+    """How a time-ordered log becomes behaviour sequences (task=multi_interest, REMI / ComiRec)."""
+
+    # True: file order is time order within each user (Video.txt); False: stable sort on the
+    # timestamp column (the 4th field, as ml-100k u.data), ties keep file order.
+    time_ordered: bool = True
+    k_core: int = 0  # 0 = off; else drop items with < k interactions, then users with < k
+    k_core_passes: int = 1  # passes of that filter; the REMI reference does one; 0 = until stable
+    max_len: int = 20  # history length n
+    min_train_position: int = 1  # first target position of a training user (the reference uses 4)
+    split: tuple[float, float, float] = (0.8, 0.1, 0.1)  # train / valid / test shares of the users
+    history_fraction: float = 0.8  # eval users: the first int(f * len) items (at least 1) are history
+
+    def __post_init__(self) -> None:
+        key = "data.sequence"
+        for name, low in (("k_core", 0), ("k_core_passes", 0), ("max_len", 1), ("min_train_position", 1)):
+            if getattr(self, name) < low:
+                raise ConfigError(f"{key}.{name} must be an integer >= {low}, got {getattr(self, name)!r}")
+        split = tuple(self.split)
+        if len(split) != 3 or any(not 0.0 <= x <= 1.0 for x in split) or abs(sum(split) - 1.0) > 1e-6:
+            raise ConfigError(f"{key}.split must be three shares in [0, 1] (train, valid, test) that sum to 1, got {list(split)}")
+        if split[0] <= 0.0:
+            raise ConfigError(f"{key}.split must give training users a positive share, got {list(split)}")
+        if not 0.0 < self.history_fraction < 1.0:
+            raise ConfigError(f"{key}.history_fraction must be in (0, 1), got {self.history_fraction}")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class DataConfig:
     """Where interactions come from and how they are split."""
 
@@ -65,6 +93,7 @@ class DataConfig:
     # (amazon-phones has 4 such users among 20,899 test users).
     cold_test_users: str = "error"
     synthetic: SyntheticConfig = dataclasses.field(default_factory=SyntheticConfig)
+    sequence: SequenceConfig = dataclasses.field(default_factory=SequenceConfig)
 
     def __post_init__(self) -> None:
         _check_choice("data.format", self.format, DATA_FORMATS)
@@ -86,16 +115,25 @@ class DataConfig:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ModelConfig:
-    """Embedding tables and matryoshka levels."""
+    """Embedding tables, matryoshka levels and (multi_interest) the routing tower."""
 
+    task: str = "mrl4rec"  # mrl4rec: MF over user/item tables; multi_interest: REMI / ComiRec-SA over sequences
     dim: int = 64
     levels: tuple[int, ...] = (4, 8, 16, 32, 64)
     level_weights: tuple[float, ...] | None = None  # None = 1/L each
     collection: str = "bag"  # bag: EmbeddingBagCollection; sequence: EmbeddingCollection
     user_sharding: str = "table_wise"
     item_sharding: str = "table_wise"
+    num_interests: int = 4  # multi_interest: K
+    router: str = "self_attentive"  # multi_interest: self_attentive (ComiRec-SA) or capsule (MIND-style)
+    hidden_factor: int = 4  # self_attentive: attention hidden size = hidden_factor * dim
+    positional: bool = True  # self_attentive: learnable positions added to the attention input
 
     def __post_init__(self) -> None:
+        _check_choice("model.task", self.task, ("mrl4rec", "multi_interest"))
+        _check_choice("model.router", self.router, ("self_attentive", "capsule"))
+        if self.num_interests <= 0:
+            raise ConfigError(f"model.num_interests must be positive, got {self.num_interests}")
         if self.dim <= 0:
             raise ConfigError(f"model.dim must be positive, got {self.dim}")
         if not self.levels:
@@ -139,12 +177,24 @@ class TrainConfig:
     # After early stopping, train a fresh model on train + validation for the selected number
     # of epochs and test that one (the validation split then only picks the epoch count).
     refit: bool = False
+    # multi_interest (loss=softmax): negatives shared by a rank's local batch
+    num_sampled: int = 0  # 0 = 10 x the local batch size
+    neg_distribution: str = "uniform"  # uniform, or log_uniform (popularity rank) with logQ correction
+    gather_negatives: bool = False  # widen each rank's pool with every rank's negatives
+    ihn_beta: float = 0.0  # interest-aware hard negatives; 0 = plain sampled softmax
+    rr_lambda: float = 0.0  # routing regularisation weight (per-user mean scaling, see losses.py)
+    dense_optimizer: str = "adam"  # for the routing tower (dense, DDP); Adam runs on CPU for dense tensors
+    dense_lr: float = 1e-3
 
     def __post_init__(self) -> None:
         _check_choice("train.loss", self.loss, LOSSES)
         _check_choice("train.sampler", self.sampler, SAMPLERS)
         _check_choice("train.mns_pool", self.mns_pool, ("per_level", "shared"))
         _check_choice("train.optimizer", self.optimizer, OPTIMIZERS)
+        _check_choice("train.neg_distribution", self.neg_distribution, ("uniform", "log_uniform"))
+        _check_choice("train.dense_optimizer", self.dense_optimizer, ("adam", "adagrad", "sgd"))
+        if self.num_sampled < 0 or self.ihn_beta < 0 or self.rr_lambda < 0:
+            raise ConfigError("train.num_sampled, train.ihn_beta and train.rr_lambda must be >= 0")
         for name in ("epochs", "batch_size", "num_negs"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"train.{name} must be positive, got {getattr(self, name)}")
@@ -164,6 +214,7 @@ class EvalConfig:
     select_metric: str = "recall@20"  # at full dimension, on validation
     track_test: bool = False  # also evaluate test at every evaluation (reporting only, never selection)
     chunk_mb: float = 256.0  # score-matrix memory per block of users
+    mask_history: bool = True  # multi_interest: mask every item of the user's history part
 
     def __post_init__(self) -> None:
         if not self.ks or any(k <= 0 for k in self.ks):
@@ -171,7 +222,7 @@ class EvalConfig:
         if self.every_epochs <= 0 or self.patience <= 0 or self.chunk_mb <= 0:
             raise ConfigError("eval.every_epochs, eval.patience and eval.chunk_mb must be positive")
         name, _, k = self.select_metric.partition("@")
-        if name not in ("recall", "ndcg") or not k.isdigit() or int(k) not in self.ks:
+        if name not in ("recall", "ndcg", "hitrate") or not k.isdigit() or int(k) not in self.ks:
             raise ConfigError(f"eval.select_metric must be recall@K or ndcg@K with K in eval.ks, got {self.select_metric!r}")
 
 
@@ -189,6 +240,12 @@ class Config:
 
     def __post_init__(self) -> None:
         _check_choice("device", self.device, ("auto", "cpu", "cuda"))
+        multi = self.model.task == "multi_interest"
+        if multi != (self.train.loss == "softmax"):
+            raise ConfigError("train.loss=softmax goes with model.task=multi_interest (and bpr/mrl with mrl4rec); "
+                              f"got task={self.model.task}, loss={self.train.loss}")
+        if multi and self.data.format != "log":
+            raise ConfigError(f"model.task=multi_interest reads a time-ordered log: data.format must be log, got {self.data.format}")
 
 
 def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
@@ -250,8 +307,12 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
             value = [value]
-        (elem, _) = typing.get_args(hint)
-        return tuple(_coerce(elem, v, f"{key}[{i}]") for i, v in enumerate(value))
+        args = typing.get_args(hint)
+        if len(args) == 2 and args[1] is Ellipsis:  # tuple[T, ...]
+            args = (args[0],) * len(value)
+        elif len(args) != len(value):
+            raise ConfigError(f"config key {key} must have {len(args)} entries, got {list(value)}")
+        return tuple(_coerce(elem, v, f"{key}[{i}]") for i, (elem, v) in enumerate(zip(args, value)))
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if hint is float and isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string

@@ -54,7 +54,10 @@ def make_collection(name: str, num_rows: int, cfg: ModelConfig, device: torch.de
 
 
 class Tables(nn.Module):
-    """The user and item tables; `users(ids)` / `items(ids)` return `[N, D]` rows."""
+    """The user and item tables; `users(ids)` / `items(ids)` return `[N, D]` rows.
+
+    num_users=0: no user table (multi-interest models describe users by their histories).
+    """
 
     def __init__(self, num_users: int, num_items: int, cfg: ModelConfig, device: torch.device = torch.device("meta")):
         super().__init__()
@@ -62,7 +65,7 @@ class Tables(nn.Module):
         self.num_users = num_users
         self.num_items = num_items
         self.dim = cfg.dim
-        self.user_table = make_collection(USER, num_users, cfg, device)
+        self.user_table = make_collection(USER, num_users, cfg, device) if num_users else None
         self.item_table = make_collection(ITEM, num_items, cfg, device)
 
     def users(self, ids: torch.Tensor) -> torch.Tensor:
@@ -90,6 +93,14 @@ def _optimizer_kwargs(cfg: TrainConfig) -> dict:
     return kwargs
 
 
+def lookup_padded(lookup, ids: torch.Tensor) -> torch.Tensor:
+    """`lookup(ids)`, also for an empty `ids`: a rank may have nothing to look up but must
+    still join the collective lookup of a sharded table, so it asks for row 0 and drops it."""
+    if ids.numel() == 0:
+        return lookup(torch.zeros(1, dtype=torch.long, device=ids.device))[:0]
+    return lookup(ids)
+
+
 def attach_fused_optimizer(tables: Tables, train_cfg: TrainConfig, model_cfg: ModelConfig) -> None:
     """Register the optimizer that fbgemm fuses into the embedding backward pass.
 
@@ -98,16 +109,28 @@ def attach_fused_optimizer(tables: Tables, train_cfg: TrainConfig, model_cfg: Mo
     Adagrad and row-wise Adagrad but no Adam (GPU only); `check_optimizer_device` says so first.
     """
     for name, collection in ((USER, tables.user_table), (ITEM, tables.item_table)):
-        if getattr(model_cfg, TABLE_SHARDING_FIELDS[name]) != "data_parallel":
+        if collection is not None and getattr(model_cfg, TABLE_SHARDING_FIELDS[name]) != "data_parallel":
             apply_optimizer_in_backward(_OPTIMIZERS[train_cfg.optimizer], collection.parameters(), _optimizer_kwargs(train_cfg))
 
 
-def dense_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer | None:
-    """The same optimizer, stepped explicitly, for parameters outside the fused kernels."""
-    params = [p for _, p in in_backward_optimizer_filter(model.named_parameters())]
-    if not params:
-        return None
-    return _OPTIMIZERS[cfg.optimizer](params, **_optimizer_kwargs(cfg))
+_DENSE_OPTIMIZERS = {"adam": torch.optim.Adam, "adagrad": torch.optim.Adagrad, "sgd": torch.optim.SGD}
+
+
+def dense_optimizers(model: nn.Module, cfg: TrainConfig) -> list[torch.optim.Optimizer]:
+    """Optimizers for the parameters outside the fused kernels, stepped explicitly.
+
+    Data-parallel embedding tables get the embedding optimizer; dense towers (the router) get
+    `train.dense_optimizer` (Adam by default: the CPU restriction is fbgemm's, not torch's).
+    """
+    tables, towers = [], []
+    for name, p in in_backward_optimizer_filter(model.named_parameters()):
+        (tables if "tables." in name else towers).append(p)
+    out = []
+    if tables:
+        out.append(_OPTIMIZERS[cfg.optimizer](tables, **_optimizer_kwargs(cfg)))
+    if towers:
+        out.append(_DENSE_OPTIMIZERS[cfg.dense_optimizer](towers, lr=cfg.dense_lr))
+    return out
 
 
 def check_optimizer_device(cfg: TrainConfig, device: torch.device) -> None:

@@ -1,4 +1,5 @@
-"""Pairwise losses over matryoshka prefix scores: BPR and the MRL (level-weighted) loss.
+"""Losses over matryoshka prefix scores: BPR and the MRL (level-weighted) loss; and for
+multi-interest models (REMI), sampled softmax with IHN, per level, and routing regularisation.
 
 All functions return per-sample losses `[B]`; the caller normalises by the global batch size
 so that gradients of sharded tables (summed over ranks) equal a one-process step.
@@ -6,6 +7,8 @@ Imports: torch only.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -56,3 +59,200 @@ def pairwise_loss(
 def l2_penalty(*tables: torch.Tensor) -> torch.Tensor:
     """Half the squared norm of the batch's embeddings, summed (scaled by the caller)."""
     return sum(t.pow(2).sum() for t in tables) / 2
+
+
+# --- Multi-interest losses (REMI): interest selection, sampled softmax with IHN, routing
+# regularisation. Same convention as above: per-sample values [B], the caller normalises.
+
+
+def select_interest(interests: torch.Tensor, pos: torch.Tensor, d: int) -> torch.Tensor:
+    """Index `[B]` of the interest closest to the positive on the first d dims:
+    `argmax_k <v_k[:d], pos[:d]>` for `interests [B, K, D]`, `pos [B, D]`.
+
+    A hard choice, as in ComiRec / REMI: no gradient flows through it, only through the chosen
+    interest. Ties go to the lowest index.
+    """
+    with torch.no_grad():
+        scores = torch.einsum("bkd,bd->bk", interests[..., :d], pos[..., :d])
+        return scores.argmax(dim=1)
+
+
+def sampled_softmax_from_scores(
+    s_pos: torch.Tensor,
+    s_neg: torch.Tensor,
+    beta: float = 0.0,
+    neg_log_q: torch.Tensor | None = None,
+    pos_log_q: torch.Tensor | None = None,
+    hit_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Per-sample sampled softmax with IHN, from scores: `s_pos [B]`, `s_neg [B, N]` -> `[B]`.
+
+    loss = -log(e^{s+} / (e^{s+} + Neg)), with IHN importance weights `imp_j = e^{beta s_j}`
+    and `Neg = sum_j imp_j e^{s_j} / mean_j imp_j`, computed in log space:
+    `log Neg = logsumexp_j((beta + 1) s_j) - logsumexp_j(beta s_j) + log N`.
+    beta = 0 is plain sampled softmax, `log Neg = logsumexp_j s_j`. Gradients flow through the
+    importance weights (no detach), as in the reference code.
+
+    neg_log_q `[N]` or `[B, N]`: log sampling probability of each negative; the logQ correction
+    replaces `e^{s_j}` by `e^{s_j - log q_j}`. The importance weights stay on the raw scores
+    (hardness is the model's score, not the corrected one), so beta = 0 is exactly the
+    logQ-corrected sampled softmax. (The reference code applies logQ only when beta = 0 and
+    drops it otherwise; with uniform sampling, the paper's setting, logQ is constant.)
+    pos_log_q `[B]`: also subtract log q of the positive, as TensorFlow's
+    `sampled_softmax_loss` and the paper's Eq. 8 do; with uniform q and both corrections the
+    loss equals the uncorrected one.
+    hit_mask `[B, N]` bool: True where negative j is row b's positive (an accidental hit); it is
+    left out of that row's sum and of the mean of the importance weights (N becomes the number
+    kept). A row left with no negative has Neg = 0 and loss 0.
+    """
+    if beta < 0:
+        raise ValueError(f"beta must be >= 0, got {beta}")
+    if pos_log_q is not None:
+        s_pos = s_pos - pos_log_q
+    logits = s_neg if neg_log_q is None else s_neg - neg_log_q
+    if beta == 0 and hit_mask is None:
+        log_neg = torch.logsumexp(logits, dim=1)
+    else:
+        hard = beta * s_neg
+        top = logits + hard
+        if hit_mask is None:
+            log_n = math.log(s_neg.shape[1])
+        else:
+            num_kept = (~hit_mask).sum(dim=1)
+            has_neg = num_kept > 0
+            # A row whose every negative is a hit is computed unmasked and discarded below;
+            # masking all of it would give (-inf) - (-inf) = NaN, and NaN gradients through where().
+            drop = hit_mask & has_neg[:, None]
+            top = top.masked_fill(drop, -math.inf)
+            hard = hard.masked_fill(drop, -math.inf)
+            log_n = torch.log(num_kept.clamp(min=1).to(s_neg.dtype))
+        log_neg = torch.logsumexp(top, dim=1) - torch.logsumexp(hard, dim=1) + log_n
+        if hit_mask is not None:
+            log_neg = torch.where(has_neg, log_neg, torch.full_like(log_neg, -math.inf))
+    # softplus(log Neg - s+) = log(1 + Neg e^{-s+}) = -log(e^{s+} / (e^{s+} + Neg)).
+    return F.softplus(log_neg - s_pos)
+
+
+def sampled_softmax(
+    user: torch.Tensor,
+    pos: torch.Tensor,
+    negs: torch.Tensor,
+    beta: float = 0.0,
+    neg_log_q: torch.Tensor | None = None,
+    pos_id: torch.Tensor | None = None,
+    neg_ids: torch.Tensor | None = None,
+    pos_log_q: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Per-sample sampled softmax (IHN when beta > 0): `user [B, D]`, `pos [B, D]`, and
+    negatives `negs [N, D]` shared by the whole batch -> `[B]`.
+
+    Pass both `pos_id [B]` and `neg_ids [N]` to drop accidental hits (a negative equal to the
+    row's positive); the reference code keeps them. See `sampled_softmax_from_scores`.
+    """
+    s_pos = (user * pos).sum(dim=-1)
+    s_neg = user @ negs.T
+    return sampled_softmax_from_scores(s_pos, s_neg, beta, neg_log_q, pos_log_q, _hits(pos_id, neg_ids))
+
+
+def _hits(pos_id: torch.Tensor | None, neg_ids: torch.Tensor | None) -> torch.Tensor | None:
+    if (pos_id is None) != (neg_ids is None):
+        raise ValueError("accidental-hit removal needs both pos_id and neg_ids")
+    return None if pos_id is None else neg_ids[None, :] == pos_id[:, None]
+
+
+def matryoshka_sampled_softmax(
+    interests: torch.Tensor,
+    pos: torch.Tensor,
+    negs: torch.Tensor,
+    levels: tuple[int, ...],
+    weights: tuple[float, ...],
+    beta: float | tuple[float, ...] = 0.0,
+    neg_log_q: torch.Tensor | None = None,
+    pos_id: torch.Tensor | None = None,
+    neg_ids: torch.Tensor | None = None,
+    pos_log_q: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Per-sample `sum_l w_l * SSM_l` `[B]` for `interests [B, K, D]`, `pos [B, D]`, `negs [N, D]`.
+
+    At level l everything is sliced to the first d_l dims: the interest is chosen by
+    `select_interest(..., d_l)` (so it may differ between levels), and the IHN weights use the
+    level-l scores, so each level gets negatives that are hard at its own granularity. `beta`
+    is one value for all levels or one per level. The same shared negatives serve every level.
+    """
+    if len(levels) != len(weights):
+        raise ValueError(f"{len(levels)} levels but {len(weights)} weights")
+    betas = (beta,) * len(levels) if isinstance(beta, (int, float)) else tuple(beta)
+    if len(betas) != len(levels):
+        raise ValueError(f"{len(levels)} levels but {len(betas)} betas")
+    if list(levels) != sorted(set(levels)) or levels[0] < 1 or levels[-1] > interests.shape[-1]:
+        raise ValueError(f"levels must increase strictly within [1, {interests.shape[-1]}], got {levels}")
+    hits = _hits(pos_id, neg_ids)
+    rows = torch.arange(interests.shape[0], device=interests.device)
+    total = interests.new_zeros(interests.shape[0])
+    for d, w, b in zip(levels, weights, betas):
+        user = interests[rows, select_interest(interests, pos, d), :d]  # [B, d]
+        s_pos = (user * pos[:, :d]).sum(dim=-1)
+        s_neg = user @ negs[:, :d].T
+        total = total + w * sampled_softmax_from_scores(s_pos, s_neg, b, neg_log_q, pos_log_q, hits)
+    return total
+
+
+def routing_regularization(attn: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """REMI's routing regularisation per user `[B]`, for `attn [B, K, L]`, `mask [B, L]`.
+
+    Per user, with A the K x n routing matrix over the user's n real positions and
+    `C = (A - mean_n A)(A - mean_n A)^T` (K x K), the value is `||diag(C)||^2 =
+    sum_k (sum_l (A_kl - mean_l A_kl)^2)^2` (paper Eq. 13, unnormalised). It is 0 for uniform
+    routing and at most K (1 - 1/n)^2, reached when every interest attends to one item.
+
+    Masking: padded positions take no part, neither in the mean nor in the sum. The reference
+    code averages and sums over all L slots, padding (weight 0) included, so the two agree
+    exactly only on full-length sequences; on short ones the reference also penalises the gap
+    between the real weights and the padding zeros.
+
+    Scaling: the reference divides C by the embedding size d (so the value by d^2) and SUMS over
+    the batch, while its softmax loss is a batch mean; its lambda = 100 is for that scaling.
+    Here the caller takes the batch mean like every other loss, so lambda * mean_b(this) equals
+    the reference's term when lambda = lambda_ref * B / d^2 (`reference_rr_weight`; 3.125 for
+    lambda_ref = 100, B = 128, d = 64). That keeps the regulariser's weight independent of the
+    batch size, which the reference's sum does not.
+    """
+    m = mask[:, None, :].to(attn.dtype)  # [B, 1, L]
+    n = m.sum(dim=-1, keepdim=True).clamp(min=1)
+    mean = (attn * m).sum(dim=-1, keepdim=True) / n
+    var = ((attn - mean) * m).pow(2).sum(dim=-1)  # [B, K] = diag(C)
+    return var.pow(2).sum(dim=-1)
+
+
+def reference_rr_weight(lambda_ref: float = 100.0, batch_size: int = 128, dim: int = 64) -> float:
+    """Weight on the batch mean of `routing_regularization` that reproduces the REMI reference's
+    `lambda_ref * sum_b ||diag(C_b / dim)||^2` at the reference's batch size."""
+    return lambda_ref * batch_size / dim**2
+
+
+def routing_diagnostics(attn: torch.Tensor, mask: torch.Tensor, collapse_at: float = 0.9) -> dict:
+    """Routing-collapse monitors for `attn [B, K, L]`, `mask [B, L]`, as Python floats.
+
+    max_weight: mean over users and interests of the largest routing weight (1 = collapsed onto
+    one item, 1/n = uniform). entropy: mean routing entropy in nats over real positions.
+    entropy_norm: entropy / log(n), over users with n >= 2 real items (0 = collapsed,
+    1 = uniform), comparable across sequence lengths. collapsed_frac: share of (user, interest)
+    pairs whose largest weight exceeds `collapse_at`. The `_per_interest` lists are [K] means.
+    Returns Python floats (a device sync): call it at logging intervals, not every step.
+    """
+    with torch.no_grad():
+        m = mask.bool()
+        a = attn.masked_fill(~m[:, None, :], 0.0).float()
+        max_w = a.amax(dim=-1)  # [B, K]
+        ent = -torch.special.xlogy(a, a).sum(dim=-1)  # [B, K]
+        n = m.sum(dim=1)
+        long_rows = n >= 2
+        ent_norm = ent[long_rows] / torch.log(n[long_rows].float())[:, None]
+        return {
+            "max_weight": max_w.mean().item(),
+            "entropy": ent.mean().item(),
+            "entropy_norm": ent_norm.mean().item() if long_rows.any() else float("nan"),
+            "collapsed_frac": (max_w > collapse_at).float().mean().item(),
+            "max_weight_per_interest": max_w.mean(dim=0).tolist(),
+            "entropy_per_interest": ent.mean(dim=0).tolist(),
+        }

@@ -2,7 +2,7 @@
 
 Every file is written to a temporary name and renamed, so an interrupted or failed run never
 leaves a half-written metrics.json or embedding file. Only rank 0 writes. Imports: stdlib,
-numpy, yaml.
+numpy, torch, yaml.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 import yaml
 
 
@@ -36,12 +37,20 @@ def write_json(path: Path, obj: dict[str, Any]) -> None:
     _atomic_write(path, lambda p: p.write_text(json.dumps(obj, indent=2) + "\n"))
 
 
-def export_embeddings(run_dir: Path, users: np.ndarray, items: np.ndarray, user_raw: np.ndarray, item_raw: np.ndarray) -> None:
-    """Full-dimension tables; the first d columns are the model at level d (truncate to deploy)."""
+def export_embeddings(run_dir: Path, users, items, user_raw, item_raw, model=None) -> None:
+    """Full-dimension tables (`users` may be None: no user table), their raw ids, and any dense
+    tower (the router) as a torch state dict. The first d columns are the model at level d."""
     out = run_dir / "embeddings"
     out.mkdir(parents=True, exist_ok=True)
-    for name, arr in (("user_embeddings", users), ("item_embeddings", items), ("user_ids", user_raw), ("item_ids", item_raw)):
-        _atomic_write(out / f"{name}.npy", lambda p, a=arr: _save_npy(p, a))
+    arrays = {"user_embeddings": users, "item_embeddings": items, "user_ids": user_raw, "item_ids": item_raw}
+    for name, arr in arrays.items():
+        if arr is not None:
+            arr = arr.cpu().numpy() if hasattr(arr, "cpu") else arr
+            _atomic_write(out / f"{name}.npy", lambda p, a=arr: _save_npy(p, a))
+    router = getattr(model, "router", None)
+    if router is not None:
+        state = {k: v.detach().cpu() for k, v in router.state_dict().items()}
+        _atomic_write(out / "router.pt", lambda p: torch.save(state, p))
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:

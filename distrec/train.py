@@ -22,22 +22,15 @@ if __package__ in (None, ""):
 import math
 import time
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
-from distrec import checkpoint, config, evaluate, outputs, parallel
-from distrec.data import DataError, InteractionData, load_dataset
-from distrec.data.batches import epoch_batches, num_batches
-from distrec.embeddings import (
-    TABLE_SHARDING_FIELDS,
-    Tables,
-    attach_fused_optimizer,
-    check_optimizer_device,
-    dense_optimizer,
-)
-from distrec.model import Batch, MatryoshkaMF
-from distrec.samplers import CandidateSampler, candidate_shape
+from distrec import checkpoint, config, outputs, parallel
+from distrec.data import DataError
+from distrec.data.batches import num_batches
+from distrec.embeddings import check_optimizer_device
+from distrec.evaluate import gather_table
+from distrec.workload import Workload, build_workload
 
 USAGE = "usage: python -m distrec.train [--config configs/NAME.yaml] [key.sub=value ...]"
 
@@ -87,48 +80,43 @@ def train(cfg: config.Config, env: parallel.DistEnv) -> dict:
         outputs.write_config(run_dir, config.to_dict(cfg))
         (run_dir / "metrics.jsonl").unlink(missing_ok=True)
 
-    # Data: every rank ingests the same files deterministically; rank 0 writes the Parquet copy.
+    # Data: every rank reads the same files deterministically; rank 0 writes the Parquet copy.
     data_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else run_dir / "data"
-    data = load_dataset(
-        cfg.data, out_dir=data_dir if env.is_main else None, drop_cold_test_users=cfg.data.cold_test_users == "drop"
-    )
-    log(f"data: {data.num_users} users, {data.num_items} items, {len(data.train_users)} train / "
-        f"{len(data.valid_users)} valid / {len(data.test_users)} test pairs; world size {env.world_size}")
-    csr = {split: data.csr(split) for split in ("train", "valid", "test")}
+    work = build_workload(cfg, env, data_dir if env.is_main else None)
+    log(f"data: {work.summary}; world size {env.world_size}")
 
     # Train with early stopping on validation; keep the best epoch's weights. Without a
     # validation split (data.valid_fraction=0) every epoch runs and the last one is tested.
-    has_valid = data.valid_users.size > 0
-    if not has_valid:
+    phase = "select" if work.has_valid else "train"
+    if not work.has_valid:
         log("no validation split: no early stopping or refit; the last epoch is tested")
-    phase = "select" if has_valid else "train"
-    model, best, train_seconds = fit(cfg, env, data, csr, cfg.train.epochs, phase=phase, start=start)
-    if cfg.train.refit and has_valid:
+    model, best, train_seconds = fit(cfg, env, work, cfg.train.epochs, phase=phase, start=start)
+    if cfg.train.refit and work.has_valid and work.refit is not None:
         # A fresh model on train + validation for the selected number of epochs, so the tested
         # model has seen all training data (the validation split only chose the epoch count).
         phase = "refit"
-        model, _, refit_seconds = fit(cfg, env, data.merge_valid_into_train(), csr, best["epoch"], phase=phase, start=start)
+        work = work.refit()
+        model, _, refit_seconds = fit(cfg, env, work, best["epoch"], phase=phase, start=start)
         train_seconds += refit_seconds
 
-    # Test once: the best validation epoch's weights (or the refit model), train + valid masked.
-    module = model.module.tables
-    test = evaluate.evaluate(module, env, csr["test"], [csr["train"], csr["valid"]], levels=cfg.model.levels,
-                             ks=cfg.eval.ks, chunk_mb=cfg.eval.chunk_mb)
+    # Test once: the best validation epoch's weights (or the refit model).
+    test = work.evaluate(model, "test", cfg, env)
     result = {"test": test, "valid": best["valid"], "best_epoch": best["epoch"], "train_seconds": train_seconds,
-              "refit": cfg.train.refit}
-    users = evaluate.gather_table(module.users, data.num_users, env)
-    items = evaluate.gather_table(module.items, data.num_items, env)
+              "refit": phase == "refit"}
+    tables = model.module.tables
+    users = gather_table(tables.users, work.num_users, env) if work.num_users else None
+    items = gather_table(tables.items, work.num_items, env)
     if env.is_main:
         outputs.write_json(run_dir / "metrics.json", result)
-        outputs.export_embeddings(run_dir, users.cpu().numpy(), items.cpu().numpy(), data.user_raw, data.item_raw)
+        outputs.export_embeddings(run_dir, users, items, work.user_raw, work.item_raw, model.module)
         which = {"select": "the best validation epoch", "refit": "the refit model", "train": "the last epoch"}[phase]
-        _print_table(test, cfg.eval.ks, which)
+        _print_table(test, which)
         log(f"best epoch {best['epoch']}; {train_seconds:.1f} s training, "
             f"{time.perf_counter() - start:.1f} s in all; outputs in {run_dir}")
     return result
 
 
-def fit(cfg: config.Config, env: parallel.DistEnv, data: InteractionData, csr: dict, epochs: int, *, phase: str, start: float):
+def fit(cfg: config.Config, env: parallel.DistEnv, work: Workload, epochs: int, *, phase: str, start: float):
     """Build a model and train it for up to `epochs` epochs; returns (model, best, train seconds).
 
     phase "select": evaluate validation every `eval.every_epochs`, keep the best epoch's
@@ -136,30 +124,29 @@ def fit(cfg: config.Config, env: parallel.DistEnv, data: InteractionData, csr: d
     progress. "refit" / "train" (no validation): run all epochs; test is evaluated on the way
     only with `eval.track_test`.
     """
-    select = phase == "select"
     log = print if env.is_main else (lambda *a, **k: None)
-    model, dense_opt = build_model(cfg, env, data)
+    select = phase == "select"
+    model, dense_opts = work.build()
     log(f"sharding plan:\n{model.plan}")
-    sampler = CandidateSampler(data.train_users, data.train_items, data.num_items)
-    eval_args = dict(levels=cfg.model.levels, ks=cfg.eval.ks, chunk_mb=cfg.eval.chunk_mb)
     dim, metric = str(cfg.model.levels[-1]), cfg.eval.select_metric
     best = {"score": -math.inf, "epoch": epochs, "valid": None, "snapshot": None}
     seconds = 0.0
     for epoch in range(1, epochs + 1):
         t0 = time.perf_counter()
-        record = {"phase": phase, "epoch": epoch,
-                  "loss": train_epoch(model, dense_opt, data, sampler, cfg, env, epoch)}
+        record = {"phase": phase, "epoch": epoch, "loss": train_epoch(model, dense_opts, work, cfg, env, epoch)}
         record["epoch_seconds"] = time.perf_counter() - t0
         seconds += record["epoch_seconds"]
         if (epoch % cfg.eval.every_epochs and epoch != epochs) or not (select or cfg.eval.track_test):
             log(_epoch_line(record))
             continue
         t1 = time.perf_counter()
-        tables = model.module.tables
+        model.eval()
         if select:
-            record["valid"] = evaluate.evaluate(tables, env, csr["valid"], [csr["train"]], **eval_args)
+            record["valid"] = work.evaluate(model, "valid", cfg, env)
         if cfg.eval.track_test:  # reporting only; selection never looks at test
-            record["test"] = evaluate.evaluate(tables, env, csr["test"], [csr["train"], csr["valid"]], **eval_args)
+            record["test"] = work.evaluate(model, "test", cfg, env)
+        if work.diagnostics is not None:
+            record.update(work.diagnostics(model))
         record["eval_seconds"] = time.perf_counter() - t1
         record["elapsed_seconds"] = time.perf_counter() - start
         if env.is_main:
@@ -175,33 +162,13 @@ def fit(cfg: config.Config, env: parallel.DistEnv, data: InteractionData, csr: d
     return model, best, seconds
 
 
-def build_model(cfg: config.Config, env: parallel.DistEnv, data: InteractionData):
-    """Tables on the meta device, the fused optimizer attached, then planned and sharded."""
-    tables = Tables(data.num_users, data.num_items, cfg.model)
-    attach_fused_optimizer(tables, cfg.train, cfg.model)
-    model = parallel.shard(MatryoshkaMF(tables, cfg.model, cfg.train), env, cfg.model, TABLE_SHARDING_FIELDS)
-    return model, dense_optimizer(model, cfg.train)
-
-
-def train_epoch(model, dense_opt, data: InteractionData, sampler: CandidateSampler, cfg, env, epoch: int) -> float:
-    """One pass over the training pairs; returns the mean loss over all ranks' pairs."""
-    cand_shape = candidate_shape(cfg.train.sampler, cfg.train.num_negs, len(cfg.model.levels), cfg.train.mns_pool)
-    rng = np.random.default_rng([cfg.train.seed, epoch, env.rank])  # per rank and epoch
-    n = len(data.train_users)
-    batches = epoch_batches(n, cfg.train.batch_size, cfg.train.seed, epoch, env.rank, env.world_size)
-    bar = tqdm(batches, total=num_batches(n, cfg.train.batch_size), desc=f"epoch {epoch}", leave=False,
-               disable=not (cfg.progress and env.is_main), mininterval=1.0)
+def train_epoch(model, dense_opts, work: Workload, cfg: config.Config, env: parallel.DistEnv, epoch: int) -> float:
+    """One pass over the training samples; returns the mean loss over all ranks' samples."""
+    bar = tqdm(work.batches(epoch), total=num_batches(work.num_samples, cfg.train.batch_size), desc=f"epoch {epoch}",
+               leave=False, disable=not (cfg.progress and env.is_main), mininterval=1.0)
     totals = torch.zeros(2, dtype=torch.float64)
     model.train()
-    for step, (idx, global_size) in enumerate(bar):
-        users = data.train_users[idx]
-        batch = Batch(
-            users=torch.as_tensor(users),
-            pos=torch.as_tensor(data.train_items[idx]),
-            cands=torch.as_tensor(sampler.draw(rng, users, cand_shape)),
-            global_size=global_size,
-            world_size=env.world_size,
-        ).to(env.device)
+    for step, batch in enumerate(bar):
         loss, stats = model(batch)
         if not torch.isfinite(loss):
             raise FloatingPointError(
@@ -209,9 +176,9 @@ def train_epoch(model, dense_opt, data: InteractionData, sampler: CandidateSampl
                 "lower train.lr or check the data. Nothing from this epoch was saved."
             )
         loss.backward()
-        if dense_opt is not None:
-            dense_opt.step()
-            dense_opt.zero_grad()
+        for opt in dense_opts:
+            opt.step()
+            opt.zero_grad()
         totals += torch.stack([stats["loss_sum"].double().cpu(), stats["pairs"].double().cpu()])
     totals = parallel.all_reduce_sum(totals, env)
     return (totals[0] / totals[1].clamp(min=1)).item()
@@ -231,8 +198,8 @@ def _epoch_line(record: dict, dim: str = "", metric: str = "", best_epoch: int |
     return line
 
 
-def _print_table(metrics: dict, ks: tuple[int, ...], which: str) -> None:
-    names = evaluate.metric_names(ks)
+def _print_table(metrics: dict, which: str) -> None:
+    names = list(next(iter(metrics.values())))
     print(f"test metrics at every matryoshka dimension ({which}):")
     print("dim  " + " ".join(f"{n:>10}" for n in names))
     for dim, row in metrics.items():

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from distrec import checkpoint, config, evaluate, losses, parallel, samplers
-from distrec.embeddings import TABLE_SHARDING_FIELDS, Tables, attach_fused_optimizer, dense_optimizer
+from distrec.embeddings import TABLE_SHARDING_FIELDS, Tables, attach_fused_optimizer, dense_optimizers
 from distrec.model import Batch, MatryoshkaMF
 from tests.dist.launch import run_ranks
 
@@ -46,11 +46,11 @@ def make_problem(seed: int = 0):
 
 
 def build(overrides: list[str], env):
-    cfg = config.load(None, [f"model.dim={DIM}", f"model.levels={list(LEVELS)}", "train.loss=mrl", "train.sampler=mns", f"train.lr={LR}", *overrides])
+    cfg = config.load(None, [f"model.dim={DIM}", f"model.levels={list(LEVELS)}", "train.loss=mrl", "train.sampler=mns", f"train.lr={LR}", "train.l2=1e-4", *overrides])
     tables = Tables(NUM_USERS, NUM_ITEMS, cfg.model)
     attach_fused_optimizer(tables, cfg.train, cfg.model)
     model = parallel.shard(MatryoshkaMF(tables, cfg.model, cfg.train), env, cfg.model, TABLE_SHARDING_FIELDS)
-    return cfg, model, dense_optimizer(model, cfg.train)
+    return cfg, model, dense_optimizers(model, cfg.train)
 
 
 def rank_body(overrides: list[str], weights, csr, batch_arrays):
@@ -61,15 +61,16 @@ def rank_body(overrides: list[str], weights, csr, batch_arrays):
         checkpoint.load_full_tables(model, weights)
         tables = model.module.tables
         args = dict(levels=LEVELS, ks=KS, chunk_mb=0.0005)  # a few users per block
-        valid = evaluate.evaluate(tables, env, csr["valid"], [csr["train"]], **args)
-        test = evaluate.evaluate(tables, env, csr["test"], [csr["train"], csr["valid"]], **args)
+        encode = evaluate.user_encoder(tables, env.device)
+        valid = evaluate.evaluate(encode, tables.items, NUM_ITEMS, env, csr["valid"], [csr["train"]], **args)
+        test = evaluate.evaluate(encode, tables.items, NUM_ITEMS, env, csr["test"], [csr["train"], csr["valid"]], **args)
         users, pos, cands = batch_arrays
         mine = np.array_split(np.arange(len(users)), env.world_size)[env.rank]
         batch = Batch(torch.as_tensor(users[mine]), torch.as_tensor(pos[mine]), torch.as_tensor(cands[mine]), len(users), env.world_size)
         loss, _ = model(batch)
         loss.backward()
-        if dense_opt is not None:
-            dense_opt.step()
+        for opt in dense_opt:
+            opt.step()
         after = {
             "user": evaluate.gather_table(tables.users, NUM_USERS, env),
             "item": evaluate.gather_table(tables.items, NUM_ITEMS, env),

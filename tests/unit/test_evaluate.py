@@ -59,5 +59,30 @@ def test_perfect_and_hopeless_rankings():
 
 
 def test_block_size_does_not_depend_on_world_size():
-    assert evaluate.block_size(1000, 1) == (1 << 20) // 4000
+    assert evaluate.block_size(1000, 1) == (1 << 20) // (4000 * 2)  # scores + per-interest partial sums
+    assert evaluate.block_size(1000, 1, num_interests=4) == (1 << 20) // (4000 * 5)
     assert evaluate.block_size(10**9, 1) == 1
+
+
+def test_multi_interest_block_matches_brute_force_max_over_interests():
+    rng = np.random.default_rng(5)
+    rows, num_items, k_int, dim = 9, 30, 3, 8
+    u = rng.normal(size=(rows, k_int, dim)).astype(np.float32)
+    items = rng.normal(size=(num_items, dim)).astype(np.float32)
+    history = [set(rng.choice(num_items, size=3, replace=False).tolist()) for _ in range(rows)]
+    targets = [set(rng.choice([i for i in range(num_items) if i not in history[r]], size=rng.integers(1, 4), replace=False).tolist()) for r in range(rows)]
+    levels, ks = (2, 4, 8), (5, 10)
+    got = evaluate.score_block(torch.tensor(u), torch.tensor(items), np.arange(rows), to_csr(targets), [to_csr(history)], levels, ks, hitrate=True)
+    want = np.zeros((len(levels), 3 * len(ks)))
+    for li, d in enumerate(levels):
+        for r in range(rows):
+            scores = (u[r, :, :d].astype(np.float64) @ items[:, :d].T.astype(np.float64)).max(axis=0)  # f(u,i) = max_k
+            ranked = [i for i in np.argsort(-scores, kind="stable") if i not in history[r]]
+            for ki, k in enumerate(ks):
+                hits = [1.0 if i in targets[r] else 0.0 for i in ranked[:k]]
+                want[li, 3 * ki] += sum(hits) / len(targets[r])
+                want[li, 3 * ki + 1] += sum(h / math.log2(p + 2) for p, h in enumerate(hits)) / sum(
+                    1 / math.log2(p + 2) for p in range(min(len(targets[r]), k)))
+                want[li, 3 * ki + 2] += 1.0 if sum(hits) > 0 else 0.0
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-6, atol=1e-6)
+    assert evaluate.metric_names(ks, hitrate=True)[:3] == ["recall@5", "ndcg@5", "hitrate@5"]

@@ -1,0 +1,340 @@
+"""Per-user behaviour sequences for multi-interest retrieval (REMI / ComiRec protocol, METHODS.md §3, §5).
+
+load_sequences reads a delimited log (ingest.read_log), orders each user's interactions in time
+(file order, or a stable sort on the timestamp column), optionally applies a k-core filter, drops
+users too short to give a (history, target) pair, maps ids to contiguous ones and splits USERS
+8:1:1 with a fixed seed. The sequences are one CSR array pair (seq_indptr, seq_items).
+
+- Training: every position p >= min_train_position of a training user's sequence is a sample
+  (history = the items before p, target = the item at p): `SequenceData.train_samples`.
+- Validation / test users (ComiRec): the first int(history_fraction * len) items are the history,
+  the rest are the targets: `SequenceData.eval_split`.
+- `history_windows` builds padded [B, max_len] id / mask matrices for any (user, end) batch.
+
+Every interaction dropped on the way is counted in `report`. Everything is vectorised: no per-user
+or per-sample Python loop. Imports: numpy, pyarrow, config, ingest, dataset.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+
+from distrec.config import ConfigError, DataConfig
+from distrec.data import ingest
+from distrec.data.dataset import unique
+from distrec.data.ingest import DataError
+
+CONFIG_KEY = "data.sequence"  # prefix of the sequence keys in messages
+EVAL_SPLITS = ("valid", "test")
+ALIGNS = ("left", "right")
+MIN_LENGTH = 2  # one history item and one target
+
+
+@dataclasses.dataclass(frozen=True)
+class SequenceData:
+    """Time-ordered sequences of every kept user, and the user split. Arrays are int64 and read-only."""
+
+    num_users: int
+    num_items: int
+    seq_indptr: np.ndarray  # [num_users+1]: user u's items are seq_items[seq_indptr[u]:seq_indptr[u+1]]
+    seq_items: np.ndarray  # [N] contiguous item ids 0..num_items-1, each user's run in time order
+    train_users: np.ndarray  # [U_train] ascending; the three splits are disjoint and cover all users
+    valid_users: np.ndarray  # [U_valid]
+    test_users: np.ndarray  # [U_test]
+    user_raw: np.ndarray  # [num_users] raw id of each contiguous user id (ascending)
+    item_raw: np.ndarray  # [num_items]
+    report: dict  # JSON-ready counts: lines read, filters, split sizes, samples
+    min_train_position: int = 1
+    history_fraction: float = 0.8
+
+    def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if isinstance(value, np.ndarray):
+                array = np.array(value, dtype=np.int64, copy=True)  # our own copy, so freezing it hurts no caller
+                array.flags.writeable = False
+                object.__setattr__(self, field.name, array)
+        if self.seq_indptr.shape != (self.num_users + 1,) or self.seq_indptr[0] != 0 \
+                or self.seq_indptr[-1] != self.seq_items.size or np.any(np.diff(self.seq_indptr) < 0):
+            raise ValueError("seq_indptr must be a non-decreasing [num_users+1] offset array from 0 to len(seq_items)")
+        if self.user_raw.shape != (self.num_users,) or self.item_raw.shape != (self.num_items,):
+            raise ValueError("user_raw / item_raw must hold num_users / num_items raw ids")
+        if self.seq_items.size and (self.seq_items.min() < 0 or self.seq_items.max() >= self.num_items):
+            raise ValueError("seq_items must be contiguous item ids in [0, num_items)")
+        members = np.concatenate([self.train_users, self.valid_users, self.test_users])
+        if (members.size and (members.min() < 0 or members.max() >= self.num_users)) or \
+                not np.all(np.bincount(members, minlength=self.num_users) == 1):
+            raise ValueError("train_users, valid_users and test_users must be disjoint and cover 0..num_users-1")
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """int64 [num_users]: sequence length of each user."""
+        return np.diff(self.seq_indptr)
+
+    def items_at(self, users: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        """int64 [B]: the item at `positions[b]` of user `users[b]`'s sequence (e.g. training targets)."""
+        return self.seq_items[self.seq_indptr[users] + positions]
+
+    def train_samples(self) -> tuple[np.ndarray, np.ndarray]:
+        """(user int64 [S], target position int64 [S]): every position >= min_train_position of every training user.
+
+        A sample's history is the items before its position: history_windows(data, user, position, n).
+        Users ordered as train_users, positions ascending within a user.
+        """
+        users = self.train_users
+        count = np.maximum(self.lengths[users] - self.min_train_position, 0)
+        return np.repeat(users, count), _ranges(count) + self.min_train_position
+
+    def history_ends(self, users: np.ndarray) -> np.ndarray:
+        """int64 [U]: where the targets of evaluation users start: max(1, int(history_fraction * len)).
+
+        At least one history item: a user of length 2..4 would otherwise get an empty history with
+        history_fraction < 0.5 (and length 1 cannot occur: such users are dropped at load). At
+        least one target too, since int(f * len) < len for f < 1.
+        """
+        lengths = self.lengths[users]
+        return np.maximum(np.floor(self.history_fraction * lengths).astype(np.int64), 1)
+
+    def eval_split(self, split: str) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray]]:
+        """(users [U], history_end [U], targets (indptr [U+1], items [T])) of "valid" or "test".
+
+        User users[j]'s history is its sequence before history_end[j] (windowed by history_windows),
+        its targets are items[indptr[j]:indptr[j+1]], the rest of its sequence in time order.
+        """
+        if split not in EVAL_SPLITS:
+            raise ValueError(f"split must be one of {', '.join(EVAL_SPLITS)}, got {split!r}")
+        users = getattr(self, f"{split}_users")
+        ends = self.history_ends(users)
+        count = self.lengths[users] - ends
+        indptr = np.zeros(users.size + 1, np.int64)
+        np.cumsum(count, out=indptr[1:])
+        at = np.repeat(self.seq_indptr[users] + ends, count) + _ranges(count)
+        return users, ends, (indptr, self.seq_items[at])
+
+
+def history_windows(
+    data: SequenceData, users: np.ndarray, ends: np.ndarray, max_len: int, *, align: str = "left"
+) -> tuple[np.ndarray, np.ndarray]:
+    """(ids int64 [B, max_len], mask bool [B, max_len]): the last <= max_len items before `ends[b]` of `users[b]`.
+
+    Row b holds seq[max(0, e - max_len) : e] of user u = users[b], e = ends[b], in time order.
+    align="left" (default, as the REMI / ComiRec reference): the window fills columns 0..k-1 and
+    padding follows, so column 0 is the oldest item shown. align="right": padding first, the most
+    recent item always in the last column. Padding has id 0 (a valid row of the item table, so a
+    lookup needs no special case) and mask False: consumers must use the mask, since 0 is also a
+    real item. ends must lie in [1, len(u)]: an empty history has nothing to attend to.
+    """
+    if align not in ALIGNS:
+        raise ValueError(f"align must be one of {', '.join(ALIGNS)}, got {align!r}")
+    if isinstance(max_len, bool) or not isinstance(max_len, (int, np.integer)) or max_len < 1:
+        raise ValueError(f"max_len must be a positive integer, got {max_len!r}")
+    users = np.asarray(users, dtype=np.int64)
+    ends = np.asarray(ends, dtype=np.int64)
+    if users.ndim != 1 or users.shape != ends.shape:
+        raise ValueError(f"users and ends must be 1-D of equal length, got shapes {users.shape} and {ends.shape}")
+    bad = np.flatnonzero((users < 0) | (users >= data.num_users))
+    if bad.size:
+        raise ValueError(f"users[{bad[0]}] = {users[bad[0]]} is not a user id in [0, {data.num_users})")
+    lengths = data.lengths[users]
+    bad = np.flatnonzero((ends < 1) | (ends > lengths))
+    if bad.size:
+        b = bad[0]
+        raise ValueError(f"ends[{b}] = {ends[b]} is outside [1, {lengths[b]}], the sequence of user {users[b]}")
+    count = np.minimum(ends, max_len)  # [B] real items per row
+    column = np.arange(max_len)
+    if align == "left":
+        index = (data.seq_indptr[users] + ends - count)[:, None] + column
+        mask = column < count[:, None]
+    else:
+        index = (data.seq_indptr[users] + ends - max_len)[:, None] + column
+        mask = column >= (max_len - count)[:, None]
+    ids = data.seq_items[np.where(mask, index, 0)]  # padded cells read item 0's slot, then become 0
+    ids[~mask] = 0
+    return ids, mask
+
+
+def load_sequences(data_cfg: DataConfig) -> SequenceData:
+    """Read the log `data.train` and build time-ordered sequences and the user split."""
+    key, cfg, path = CONFIG_KEY, data_cfg.sequence, data_cfg.train
+    if path is None:
+        raise ConfigError(f"data.train must name the log file (format={data_cfg.format})")
+    log = ingest.read_log(path, "data.train", data_cfg.delimiter, data_cfg.header)
+    users, items = log.users, log.items
+    times = None if cfg.time_ordered else _read_timestamps(path, log, f"{key}.time_ordered")
+
+    user_ids, user_raw = _contiguous(users)
+    item_ids, item_raw = _contiguous(items)
+    report = {
+        "source": {"format": data_cfg.format, "path": str(path), "time_ordered": cfg.time_ordered},
+        "lines": log.stats,
+        "interactions_read": int(users.size),
+        "users_read": int(user_raw.size),
+        "items_read": int(item_raw.size),
+        # Kept: a sequence may return to an item. Counted, since MF-style data would drop them.
+        "repeat_interactions": int(users.size - unique(user_ids * item_raw.size + item_ids).size),
+    }
+    keep = np.ones(users.size, bool)
+    if cfg.k_core:
+        keep, report["k_core"] = _k_core(user_ids, item_ids, user_raw.size, item_raw.size, cfg.k_core,
+                                         cfg.k_core_passes)
+        if not keep.any():
+            raise DataError(
+                f"{path}: no interactions left after {key}.k_core={cfg.k_core} "
+                f"({report['k_core']['passes_run']} passes, from {users.size} interactions); lower {key}.k_core"
+            )
+    per_user = np.bincount(user_ids[keep], minlength=user_raw.size)
+    short = keep & (per_user[user_ids] < MIN_LENGTH)
+    # Users with one interaction have no (history, target) pair: dropped, counted.
+    report["short_users"] = {
+        "min_length": MIN_LENGTH,
+        "users": int(np.count_nonzero((per_user > 0) & (per_user < MIN_LENGTH))),
+        "interactions": int(np.count_nonzero(short)),
+    }
+    keep &= ~short
+    if not keep.any():
+        raise DataError(f"{path}: no user has {MIN_LENGTH} or more interactions"
+                        + (f" after {key}.k_core={cfg.k_core}" if cfg.k_core else ""))
+
+    users, items = users[keep], items[keep]
+    user_ids, user_raw = _contiguous(users)
+    item_ids, item_raw = _contiguous(items)
+    if times is None:
+        order = np.argsort(user_ids, kind="stable")  # within a user: file order
+    else:
+        by_time = np.argsort(times[keep], kind="stable")  # ties: file order
+        order = by_time[np.argsort(user_ids[by_time], kind="stable")]
+    num_users, num_items = int(user_raw.size), int(item_raw.size)
+    indptr = np.zeros(num_users + 1, np.int64)
+    np.cumsum(np.bincount(user_ids, minlength=num_users), out=indptr[1:])
+
+    # Rounded cumulative shares, so the three sizes always add up to num_users.
+    bounds = np.round(np.cumsum(cfg.split)[:2] * num_users).astype(np.int64)
+    permutation = np.random.default_rng(data_cfg.seed).permutation(num_users)
+    parts = np.split(permutation, bounds)
+    if parts[0].size == 0:
+        raise DataError(f"{path}: {key}.split={list(cfg.split)} leaves no training user among {num_users}")
+    data = SequenceData(
+        num_users=num_users,
+        num_items=num_items,
+        seq_indptr=indptr,
+        seq_items=item_ids[order],
+        train_users=np.sort(parts[0]),
+        valid_users=np.sort(parts[1]),
+        test_users=np.sort(parts[2]),
+        user_raw=user_raw,
+        item_raw=item_raw,
+        report=report,
+        min_train_position=cfg.min_train_position,
+        history_fraction=cfg.history_fraction,
+    )
+    lengths = data.lengths
+    report.update(
+        num_users=num_users,
+        num_items=num_items,
+        num_interactions=int(indptr[-1]),
+        length={"min": int(lengths.min()), "mean": float(lengths.mean()), "max": int(lengths.max())},
+        splits={name: int(part.size) for name, part in zip(("train", "valid", "test"), parts)},
+        samples={"train": int(data.train_samples()[0].size)},
+        # Training users with no position >= min_train_position: in no training sample.
+        train_users_without_samples=int(np.count_nonzero(lengths[data.train_users] <= cfg.min_train_position)),
+        eval_history_clamped={},  # eval users whose int(f * len) was 0, given 1 history item
+        max_len=cfg.max_len,
+        min_train_position=cfg.min_train_position,
+        history_fraction=cfg.history_fraction,
+        split=list(cfg.split),
+        seed=data_cfg.seed,
+    )
+    for split in EVAL_SPLITS:
+        split_users, _, (target_indptr, _) = data.eval_split(split)
+        report["samples"][f"{split}_targets"] = int(target_indptr[-1])
+        raw_ends = np.floor(cfg.history_fraction * lengths[split_users])
+        report["eval_history_clamped"][split] = int(np.count_nonzero(raw_ends < 1))
+    return data
+
+
+def _ranges(count: np.ndarray) -> np.ndarray:
+    """int64 [sum(count)]: 0..count[0]-1, 0..count[1]-1, ... concatenated."""
+    total = int(count.sum())
+    starts = np.cumsum(count) - count
+    return np.arange(total, dtype=np.int64) - np.repeat(starts, count)
+
+
+def _contiguous(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(ids int64 [P] in 0..K-1 by ascending raw id, raw ids int64 [K])."""
+    low, high = int(raw.min()), int(raw.max())
+    if high - low <= 4 * raw.size + 1024:  # dense ids, the usual case: a lookup table, no sort
+        present = np.zeros(high - low + 1, bool)
+        present[raw - low] = True
+        return np.cumsum(present)[raw - low] - 1, np.flatnonzero(present) + low
+    values = unique(raw)
+    return np.searchsorted(values, raw), values
+
+
+def _k_core(
+    users: np.ndarray, items: np.ndarray, num_users: int, num_items: int, k: int, passes: int
+) -> tuple[np.ndarray, dict]:
+    """(keep bool [P], report): passes of "drop items with < k interactions, then users with < k".
+
+    passes = 0 runs until a pass removes nothing. Each pass reports the users, items and
+    interactions it removed (an item also disappears when all its users went). `stable` says
+    whether the result is a true k-core (one pass may leave items below k).
+    """
+    keep = np.ones(users.size, bool)
+    done = []
+    while True:
+        item_count = np.bincount(items[keep], minlength=num_items)
+        user_count = np.bincount(users[keep], minlength=num_users)
+        before = (np.count_nonzero(user_count), np.count_nonzero(item_count), int(keep.sum()))
+        keep &= item_count[items] >= k
+        keep &= np.bincount(users[keep], minlength=num_users)[users] >= k
+        after = (np.count_nonzero(np.bincount(users[keep], minlength=num_users)),
+                 np.count_nonzero(np.bincount(items[keep], minlength=num_items)), int(keep.sum()))
+        done.append({"users": int(before[0] - after[0]), "items": int(before[1] - after[1]),
+                     "interactions": int(before[2] - after[2])})
+        if after[2] == before[2] or len(done) == passes:
+            break
+    item_count = np.bincount(items[keep], minlength=num_items)
+    user_count = np.bincount(users[keep], minlength=num_users)
+    stable = not (((item_count > 0) & (item_count < k)).any() or ((user_count > 0) & (user_count < k)).any())
+    report = {"k": k, "passes": passes, "passes_run": len(done), "removed": done, "stable": bool(stable)}
+    return keep, report
+
+
+def _read_timestamps(path: str | Path, log: ingest.Pairs, key: str) -> np.ndarray:
+    """int64 [P]: the timestamp column of a log that ingest.read_log has already parsed and checked.
+
+    read_log keeps users and items only, so the column is parsed once more here (pyarrow, fast).
+    """
+    columns = log.stats["columns"]
+    if "timestamp" not in columns:
+        raise DataError(
+            f"{path}: {key}=false sorts by timestamp, but the log has {len(columns)} columns "
+            f"({', '.join(columns)}), no timestamp (the 4th: user, item, rating, timestamp); set {key}=true "
+            f"if file order is time order"
+        )
+    data = Path(path).read_bytes()
+    offset = 0
+    if log.stats["header"]:  # the header is the first non-blank line, as in read_log
+        while offset < len(data):
+            end = data.find(b"\n", offset)
+            end = len(data) if end < 0 else end + 1
+            blank = not data[offset:end].strip()
+            offset = end
+            if not blank:
+                break
+    delimiter = {name: d for d, name in ingest.DELIMITER_NAMES.items()}[log.stats["delimiter"]]
+    table = pacsv.read_csv(
+        pa.BufferReader(pa.py_buffer(data).slice(offset)),
+        read_options=pacsv.ReadOptions(column_names=list(columns)),
+        parse_options=pacsv.ParseOptions(delimiter=delimiter, quote_char=False),
+        convert_options=pacsv.ConvertOptions(include_columns=["timestamp"], column_types={"timestamp": pa.int64()}),
+    )
+    times = table.column("timestamp").to_numpy().astype(np.int64)
+    if times.size != log.users.size:  # pragma: no cover - read_log parsed the same rows
+        raise DataError(f"{path}: {times.size} timestamps for {log.users.size} interactions")
+    return times

@@ -1,0 +1,153 @@
+"""REMI on ComiRec-SA: multi-interest retrieval over behaviour sequences and sharded item tables.
+
+`MultiInterest.forward(batch)` is the training step's forward `(loss, stats)`: histories,
+positives and the rank's shared negatives are all looked up through the sharded item table;
+the routing tower (dense, under DDP) turns each history into K interests; the loss is the
+matryoshka sampled softmax with IHN plus routing regularisation. `SequenceBatches` builds
+batches vectorised; `NegativeSampler` draws each rank's shared negatives.
+Imports: numpy, torch, distrec.config / data / embeddings / losses / towers / parallel.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from torch import nn
+
+from distrec import losses, parallel
+from distrec.config import Config, ModelConfig, TrainConfig
+from distrec.data.batches import epoch_batches
+from distrec.data.sequences import SequenceData, history_windows
+from distrec.embeddings import Tables, lookup_padded
+from distrec.towers import CapsuleRouter, SelfAttentiveRouter
+
+
+@dataclasses.dataclass
+class SeqBatch:
+    """One rank's share of a global batch of (history window, next item) samples."""
+
+    hist: torch.Tensor  # [B, L] item ids (padding: id 0 with mask False)
+    mask: torch.Tensor  # [B, L] bool
+    pos: torch.Tensor  # [B] target item ids
+    negs: torch.Tensor  # [N] negative ids shared by the batch
+    neg_log_q: torch.Tensor | None  # [N] log sampling probability (log-uniform only)
+    global_size: int
+    world_size: int = 1
+
+    def to(self, device: torch.device) -> "SeqBatch":
+        moved = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        for name, value in moved.items():
+            if isinstance(value, torch.Tensor):
+                moved[name] = value.to(device)
+        return SeqBatch(**moved)
+
+
+class MultiInterest(nn.Module):
+    def __init__(self, tables: Tables, model_cfg: ModelConfig, train_cfg: TrainConfig, max_len: int):
+        super().__init__()
+        self.tables = tables
+        if model_cfg.router == "self_attentive":
+            self.router = SelfAttentiveRouter(model_cfg.dim, model_cfg.num_interests, model_cfg.hidden_factor, max_len, model_cfg.positional)
+        else:
+            self.router = CapsuleRouter(model_cfg.dim, model_cfg.num_interests, max_len)
+        self.levels = tuple(model_cfg.levels)
+        self.weights = model_cfg.weights
+        self.beta = train_cfg.ihn_beta
+        self.rr_lambda = train_cfg.rr_lambda
+
+    def encode(self, hist: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Interests `[B, K, D]` and routing `[B, K, L]` of history windows `hist [B, L]`."""
+        b, length = hist.shape
+        h = lookup_padded(self.tables.items, hist.reshape(-1)).view(b, length, self.tables.dim)
+        return self.router(h, mask)
+
+    def forward(self, batch: SeqBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        b, length = batch.hist.shape
+        # Histories, positives and negatives share one lookup (one all-to-all per step).
+        rows = self.tables.items(torch.cat([batch.hist.reshape(-1), batch.pos, batch.negs]))
+        h, pos, negs = rows[: b * length].view(b, length, -1), rows[b * length : b * length + b], rows[b * length + b :]
+        interests, attn = self.router(h, batch.mask)
+        per_sample = losses.matryoshka_sampled_softmax(
+            interests, pos, negs, self.levels, self.weights, beta=self.beta,
+            neg_log_q=batch.neg_log_q, pos_id=batch.pos, neg_ids=batch.negs,
+        )
+        total = per_sample
+        if self.rr_lambda > 0:
+            total = total + self.rr_lambda * losses.routing_regularization(attn, batch.mask)
+        # Each rank's share of the global-batch mean, scaled by the world size: DDP and
+        # TorchRec both average gradients over ranks (see model.MatryoshkaMF).
+        loss = total.sum() * batch.world_size / batch.global_size
+        return loss, {"loss_sum": per_sample.detach().sum(), "pairs": torch.tensor(float(b))}
+
+
+class NegativeSampler:
+    """Each rank's negatives for a batch: uniform, or log-uniform over popularity ranks.
+
+    Log-uniform (as TensorFlow's candidate sampler) draws popularity rank r with probability
+    log((r + 2) / (r + 1)) / log(I + 1); the loss subtracts log q (logQ correction).
+    """
+
+    def __init__(self, data: SequenceData, distribution: str):
+        self.num_items = data.num_items
+        self.distribution = distribution
+        is_train = np.zeros(data.num_users, bool)
+        is_train[data.train_users] = True
+        counts = np.bincount(data.seq_items[np.repeat(is_train, data.lengths)], minlength=data.num_items)
+        self.by_rank = np.argsort(-counts, kind="stable")  # item id of each popularity rank
+        ranks = np.empty(data.num_items, np.int64)
+        ranks[self.by_rank] = np.arange(data.num_items)
+        self.log_q = np.log(np.log((ranks + 2) / (ranks + 1)) / np.log(data.num_items + 1))  # per item id
+
+    def draw(self, rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray | None]:
+        if self.distribution == "uniform":
+            return rng.integers(0, self.num_items, size=n, dtype=np.int64), None
+        ranks = np.floor(np.exp(rng.random(n) * np.log(self.num_items + 1))).astype(np.int64) - 1
+        ids = self.by_rank[np.clip(ranks, 0, self.num_items - 1)]
+        return ids, self.log_q[ids]
+
+
+def sequence_batches(
+    data: SequenceData, sampler: NegativeSampler, cfg: Config, env: parallel.DistEnv, epoch: int
+) -> Iterator[SeqBatch]:
+    """The epoch's batches for this rank: (history window, next item) for every training position."""
+    users, positions = data.train_samples()
+    rng = np.random.default_rng([cfg.train.seed, epoch, env.rank])  # negatives: per rank and epoch
+    for idx, global_size in epoch_batches(len(users), cfg.train.batch_size, cfg.train.seed, epoch, env.rank, env.world_size):
+        hist, mask = history_windows(data, users[idx], positions[idx], cfg.data.sequence.max_len)
+        num = cfg.train.num_sampled or 10 * len(idx)
+        negs, log_q = sampler.draw(rng, num)
+        negs = torch.as_tensor(negs)
+        log_q = torch.as_tensor(log_q, dtype=torch.float32) if log_q is not None else None
+        if cfg.train.gather_negatives and env.world_size > 1:
+            # Every rank's negatives for every rank: ids travel, rows are looked up (with
+            # gradients) through the sharded table like any other id.
+            negs = parallel.all_gather_rows(negs.to(env.device), env, num * env.world_size).cpu()
+            if log_q is not None:
+                log_q = parallel.all_gather_rows(log_q.to(env.device), env, num * env.world_size).cpu()
+        yield SeqBatch(
+            hist=torch.as_tensor(hist), mask=torch.as_tensor(mask), pos=torch.as_tensor(data.items_at(users[idx], positions[idx])),
+            negs=negs, neg_log_q=log_q, global_size=global_size, world_size=env.world_size,
+        ).to(env.device)
+
+
+def history_csr(data: SequenceData, users: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """CSR over evaluation rows of each user's whole history part (items before `ends`)."""
+    indptr = np.zeros(len(users) + 1, np.int64)
+    np.cumsum(ends, out=indptr[1:])
+    offsets = np.arange(indptr[-1]) - np.repeat(indptr[:-1], ends)
+    return indptr, data.seq_items[np.repeat(data.seq_indptr[users], ends) + offsets]
+
+
+def interest_encoder(model: MultiInterest, data: SequenceData, users: np.ndarray, ends: np.ndarray, max_len: int, device: torch.device):
+    """Evaluation queries: the interests `[n, K, D]` of rows (positions into `users`)."""
+
+    def encode(rows: np.ndarray) -> torch.Tensor:
+        hist, mask = history_windows(data, users[rows], ends[rows], max_len) if len(rows) else (
+            np.zeros((0, max_len), np.int64), np.zeros((0, max_len), bool))
+        interests, _ = model.encode(torch.as_tensor(hist, device=device), torch.as_tensor(mask, device=device))
+        return interests
+
+    return encode

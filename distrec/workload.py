@@ -1,0 +1,152 @@
+"""What the training loop needs from a task, built once per run: data, model, batches, eval sets.
+
+Two tasks (`model.task`): `mrl4rec` (matryoshka MF over user/item tables, pairwise losses,
+hard negatives) and `multi_interest` (REMI / ComiRec-SA over behaviour sequences). The loop
+in train.py sees only a `Workload`, so both share the launch, sharding, evaluation, early
+stopping and outputs. Imports: the task modules, data, embeddings, evaluate, parallel.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from distrec import evaluate, losses, parallel
+from distrec.config import Config
+from distrec.data import InteractionData, load_dataset
+from distrec.data.batches import epoch_batches
+from distrec.data.sequences import SequenceData, history_windows, load_sequences
+from distrec.embeddings import TABLE_SHARDING_FIELDS, Tables, attach_fused_optimizer, dense_optimizers
+from distrec.model import Batch, MatryoshkaMF
+from distrec.multi_interest import MultiInterest, NegativeSampler, history_csr, interest_encoder, sequence_batches
+from distrec.samplers import CandidateSampler, candidate_shape
+
+Csr = tuple[np.ndarray, np.ndarray]
+
+
+@dataclasses.dataclass
+class Workload:
+    summary: str  # one line for the log
+    num_users: int  # rows of the user table (0: no user table)
+    num_items: int
+    num_samples: int  # training samples per epoch
+    build: Callable[[], tuple[nn.Module, list[torch.optim.Optimizer]]]
+    batches: Callable[[int], Iterator]  # epoch -> this rank's batches
+    eval_sets: dict[str, tuple[Csr, list[Csr]]]  # split -> (targets, excluded items), CSRs over eval rows
+    encoder: Callable[[nn.Module, str], Callable[[np.ndarray], torch.Tensor]]  # (model, split) -> encode(rows)
+    num_interests: int = 1
+    hitrate: bool = False
+    user_raw: np.ndarray | None = None
+    item_raw: np.ndarray | None = None
+    refit: Callable[[], "Workload"] | None = None  # the same task on train + valid
+    diagnostics: Callable[[nn.Module], dict] | None = None  # extra numbers logged per evaluation
+
+    @property
+    def has_valid(self) -> bool:
+        return int(np.diff(self.eval_sets["valid"][0][0]).sum()) > 0
+
+    def evaluate(self, model: nn.Module, split: str, cfg: Config, env: parallel.DistEnv) -> dict:
+        targets, exclude = self.eval_sets[split]
+        tables = _inner(model).tables
+        return evaluate.evaluate(
+            self.encoder(model, split), tables.items, self.num_items, env, targets, exclude,
+            cfg.model.levels, cfg.eval.ks, cfg.eval.chunk_mb, self.num_interests, self.hitrate,
+        )
+
+
+def _inner(model: nn.Module) -> nn.Module:
+    return model.module if hasattr(model, "module") else model
+
+
+def shard_task(task: nn.Module, tables: Tables, cfg: Config, env: parallel.DistEnv):
+    attach_fused_optimizer(tables, cfg.train, cfg.model)
+    model = parallel.shard(task, env, cfg.model, TABLE_SHARDING_FIELDS)
+    return model, dense_optimizers(model, cfg.train)
+
+
+def build_workload(cfg: Config, env: parallel.DistEnv, data_dir: Path | None) -> Workload:
+    if cfg.model.task == "multi_interest":
+        return multi_interest_workload(cfg, env)
+    data = load_dataset(cfg.data, out_dir=data_dir, drop_cold_test_users=cfg.data.cold_test_users == "drop")
+    return mrl4rec_workload(cfg, env, data)
+
+
+def mrl4rec_workload(cfg: Config, env: parallel.DistEnv, data: InteractionData) -> Workload:
+    csr = {split: data.csr(split) for split in ("train", "valid", "test")}
+    sampler = CandidateSampler(data.train_users, data.train_items, data.num_items)
+    shape = candidate_shape(cfg.train.sampler, cfg.train.num_negs, len(cfg.model.levels), cfg.train.mns_pool)
+
+    def build():
+        tables = Tables(data.num_users, data.num_items, cfg.model)
+        return shard_task(MatryoshkaMF(tables, cfg.model, cfg.train), tables, cfg, env)
+
+    def batches(epoch: int) -> Iterator[Batch]:
+        rng = np.random.default_rng([cfg.train.seed, epoch, env.rank])  # candidates: per rank and epoch
+        n = len(data.train_users)
+        for idx, global_size in epoch_batches(n, cfg.train.batch_size, cfg.train.seed, epoch, env.rank, env.world_size):
+            users = data.train_users[idx]
+            yield Batch(
+                users=torch.as_tensor(users), pos=torch.as_tensor(data.train_items[idx]),
+                cands=torch.as_tensor(sampler.draw(rng, users, shape)), global_size=global_size, world_size=env.world_size,
+            ).to(env.device)
+
+    return Workload(
+        summary=f"{data.num_users} users, {data.num_items} items, {len(data.train_users)} train / "
+                f"{len(data.valid_users)} valid / {len(data.test_users)} test pairs",
+        num_users=data.num_users, num_items=data.num_items, num_samples=len(data.train_users),
+        build=build, batches=batches,
+        eval_sets={"valid": (csr["valid"], [csr["train"]]), "test": (csr["test"], [csr["train"], csr["valid"]])},
+        encoder=lambda model, split: evaluate.user_encoder(_inner(model).tables, env.device),
+        user_raw=data.user_raw, item_raw=data.item_raw,
+        refit=lambda: _refit_workload(cfg, env, data, csr),
+    )
+
+
+def _refit_workload(cfg: Config, env: parallel.DistEnv, data: InteractionData, csr: dict) -> Workload:
+    merged = mrl4rec_workload(cfg, env, data.merge_valid_into_train())
+    # Test on the original splits: train and validation items are both masked.
+    merged.eval_sets = {"valid": (csr["valid"], [csr["train"]]), "test": (csr["test"], [csr["train"], csr["valid"]])}
+    return merged
+
+
+def multi_interest_workload(cfg: Config, env: parallel.DistEnv) -> Workload:
+    data: SequenceData = load_sequences(cfg.data)
+    max_len = cfg.data.sequence.max_len
+    sampler = NegativeSampler(data, cfg.train.neg_distribution)
+    splits = {split: data.eval_split(split) for split in ("valid", "test")}
+    eval_sets = {}
+    for split, (users, ends, targets) in splits.items():
+        exclude = [history_csr(data, users, ends)] if cfg.eval.mask_history else []
+        eval_sets[split] = (targets, exclude)
+
+    def build():
+        tables = Tables(0, data.num_items, cfg.model)
+        return shard_task(MultiInterest(tables, cfg.model, cfg.train, max_len), tables, cfg, env)
+
+    def encoder(model: nn.Module, split: str):
+        users, ends, _ = splits[split]
+        return interest_encoder(_inner(model), data, users, ends, max_len, env.device)
+
+    def diagnostics(model: nn.Module) -> dict:
+        # Routing collapse on a fixed sample of validation users (the same on every rank).
+        users, ends, _ = splits["valid"]
+        hist, mask = history_windows(data, users[:1024], ends[:1024], max_len)
+        with torch.no_grad():
+            mask_t = torch.as_tensor(mask, device=env.device)
+            _, attn = _inner(model).encode(torch.as_tensor(hist, device=env.device), mask_t)
+        return {"routing": losses.routing_diagnostics(attn, mask_t)}
+
+    users, _ = data.train_samples()
+    return Workload(
+        summary=f"{data.num_users} users ({len(data.train_users)} train / {len(data.valid_users)} valid / "
+                f"{len(data.test_users)} test), {data.num_items} items, {len(users)} training samples",
+        num_users=0, num_items=data.num_items, num_samples=len(users),
+        build=build, batches=lambda epoch: sequence_batches(data, sampler, cfg, env, epoch),
+        eval_sets=eval_sets, encoder=encoder, num_interests=cfg.model.num_interests, hitrate=True,
+        item_raw=data.item_raw, diagnostics=diagnostics,
+    )

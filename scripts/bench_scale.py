@@ -1,0 +1,93 @@
+"""Throughput at Amazon-Books scale on the synthetic `books` preset (603,668 users, 367,982
+items, 8,898,041 interactions): data generation, planning + sharding, training steps per
+second and full-ranking evaluation speed, on however many ranks torchrun gives it.
+
+    .venv/bin/torchrun --nproc_per_node 2 scripts/bench_scale.py --steps 100 --eval-users 4096
+
+Evaluation scores `--eval-users` users (spread over ranks) against all items at every level,
+and reports users/s; a full evaluation of all users takes num_users / that rate. Prints one
+JSON line on rank 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from distrec import config, evaluate, parallel  # noqa: E402
+from distrec.data import load_dataset  # noqa: E402
+from distrec.data.batches import epoch_batches  # noqa: E402
+from distrec.model import Batch  # noqa: E402
+from distrec.samplers import CandidateSampler, candidate_shape  # noqa: E402
+from distrec.workload import mrl4rec_workload  # noqa: E402
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--preset", default="books")
+    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--eval-users", type=int, default=4096)
+    p.add_argument("overrides", nargs="*")
+    args = p.parse_args()
+    cfg = config.load(None, [f"data.synthetic.preset={args.preset}", *args.overrides])
+    env = parallel.init(cfg.device)
+    out = {"world_size": env.world_size, "preset": args.preset, "batch_size": cfg.train.batch_size, "sampler": cfg.train.sampler}
+    t = time.perf_counter()
+    data = load_dataset(cfg.data)
+    out["data_seconds"] = time.perf_counter() - t
+    out.update(users=data.num_users, items=data.num_items, train_pairs=int(data.train_users.size))
+    t = time.perf_counter()
+    model, _ = mrl4rec_workload(cfg, env, data).build()
+    sampler = CandidateSampler(data.train_users, data.train_items, data.num_items)
+    out["shard_seconds"] = time.perf_counter() - t
+    shape = candidate_shape(cfg.train.sampler, cfg.train.num_negs, len(cfg.model.levels), cfg.train.mns_pool)
+    rng = np.random.default_rng([0, env.rank])
+    batches = epoch_batches(data.train_users.size, cfg.train.batch_size, 0, 1, env.rank, env.world_size)
+    times = []
+    for step, (idx, global_size) in zip(range(args.steps + 5), batches):
+        parallel.barrier(env)
+        t = time.perf_counter()
+        users = data.train_users[idx]
+        batch = Batch(torch.as_tensor(users), torch.as_tensor(data.train_items[idx]),
+                      torch.as_tensor(sampler.draw(rng, users, shape)), global_size, env.world_size).to(env.device)
+        loss, _ = model(batch)
+        loss.backward()
+        parallel.barrier(env)
+        if step >= 5:  # the first steps warm up allocators and the kernels
+            times.append(time.perf_counter() - t)
+    step_s = float(np.median(times))
+    out.update(step_ms_median=1000 * step_s, pairs_per_s=cfg.train.batch_size / step_s,
+               epoch_seconds_est=data.train_users.size / cfg.train.batch_size * step_s)
+    # Evaluation speed on a fixed sample of users with test items.
+    test = data.csr("test")
+    users_with_test = np.flatnonzero(np.diff(test[0]) > 0)[: args.eval_users]
+    sub_indptr = np.zeros_like(test[0])
+    keep = np.zeros(data.num_users, bool)
+    keep[users_with_test] = True
+    counts = np.where(keep, np.diff(test[0]), 0)
+    sub_indptr[1:] = np.cumsum(counts)
+    sub_items = test[1][np.repeat(keep, np.diff(test[0]))]
+    t = time.perf_counter()
+    tables = model.module.tables
+    evaluate.evaluate(evaluate.user_encoder(tables, env.device), tables.items, data.num_items, env, (sub_indptr, sub_items),
+                      [data.csr("train"), data.csr("valid")], cfg.model.levels, cfg.eval.ks, cfg.eval.chunk_mb)
+    eval_s = time.perf_counter() - t
+    out.update(eval_users=len(users_with_test), eval_seconds=eval_s, eval_users_per_s=len(users_with_test) / eval_s,
+               full_eval_seconds_est=int((np.diff(test[0]) > 0).sum()) / (len(users_with_test) / eval_s),
+               peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    if env.is_main:
+        print(json.dumps(out))
+    parallel.shutdown()
+
+
+if __name__ == "__main__":
+    main()
