@@ -131,3 +131,20 @@ def test_the_phones_config_runs_unchanged_on_other_files_in_that_format(tmp_path
     assert "data: 60 users, 40 items" in out.stdout
     metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
     assert set(metrics["test"]) == {"4", "8", "16", "32", "64"}
+
+
+def test_remi_config_trains_end_to_end_on_another_log(tmp_path):
+    # configs/remi_video.yaml pointed at another time-ordered `user item` log, on 2 ranks.
+    rng = np.random.default_rng(1)
+    lines = [f"{u} {i}" for u in range(120) for i in rng.integers(0, 60, size=rng.integers(4, 15))]
+    (tmp_path / "log.txt").write_text("\n".join(lines) + "\n")
+    result = run_ranks(_main, 2, tmp_path, ["--config", "configs/remi_video.yaml", f"data.train={tmp_path}/log.txt",
+                                             "train.epochs=2", "train.batch_size=64", "model.dim=16", "model.levels=[8,16]",
+                                             "progress=false", f"run_dir={tmp_path}/r"])
+    assert result[0]["test"] == result[1]["test"]
+    metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert set(metrics["test"]["16"]) == {"recall@20", "ndcg@20", "hitrate@20", "recall@50", "ndcg@50", "hitrate@50"}
+    records = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert all(0 < r["routing"]["max_weight"] <= 1 for r in records)
+    assert (tmp_path / "r" / "embeddings" / "router.pt").exists()
+    assert not (tmp_path / "r" / "embeddings" / "user_embeddings.npy").exists()  # users are their histories

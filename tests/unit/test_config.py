@@ -58,3 +58,12 @@ def test_resolved_config_round_trips(tmp_path):
     cfg = config.load(ROOT / "configs" / "mrl4rec_phones.yaml", ["train.epochs=7"])
     again = config.build(config.Config, yaml.safe_load(yaml.safe_dump(config.to_dict(cfg))), "")
     assert again == cfg
+
+
+def test_tasks_and_losses_must_match():
+    with pytest.raises(config.ConfigError, match="train.loss=softmax goes with model.task=multi_interest"):
+        config.load(None, ["model.task=multi_interest"])
+    with pytest.raises(config.ConfigError, match="data.format must be log"):
+        config.load(None, ["model.task=multi_interest", "train.loss=softmax"])
+    with pytest.raises(config.ConfigError, match="data.sequence.split"):
+        config.load(None, ["data.sequence.split=[0.5,0.5,0.5]"])
