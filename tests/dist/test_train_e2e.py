@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -94,19 +93,8 @@ def test_refit_trains_a_fresh_model_for_the_selected_epochs_and_tests_it(tmp_pat
     assert result["refit"] is True
 
 
-SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
-
-
-def _shared_or_skip() -> Path:
-    if not SHARED.is_dir():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{SHARED} is missing; CI must provide ../shared/data")
-        pytest.skip(f"real data not found at {SHARED}")
-    return SHARED
-
-
-def test_phones_config_learns_on_the_real_split(tmp_path):
-    shared = _shared_or_skip()
+def test_phones_config_learns_on_the_real_split(tmp_path, shared_data):
+    shared = shared_data
     result = run_ranks(_main, 2, tmp_path, ["--config", "configs/mrl4rec_phones.yaml", "train.epochs=4", "eval.every_epochs=2",
                                              "train.refit=false", "progress=false", f"run_dir={tmp_path}/r",
                                              f"data.train={shared}/amazon-phones/train.txt", f"data.test={shared}/amazon-phones/test.txt"])[0]

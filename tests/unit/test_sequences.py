@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import random
 import time
 from pathlib import Path
@@ -20,7 +19,6 @@ def SequenceConfig(path=None, delimiter=None, header=None, seed=2022, **sequence
     seq = config.SequenceConfig(**sequence)
     return config.DataConfig(format="log", train=path, delimiter=delimiter, header=header, seed=seed, sequence=seq)
 
-SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"  # <repo>/../shared/data
 
 # A time-ordered `user item` log with interleaved users (file order = time order per user).
 # Raw user 40 has a single interaction: dropped. Contiguous users: 10->0, 20->1, 30->2, 50->3, 60->4, 70->5.
@@ -345,14 +343,6 @@ def test_config_spelled_delimiter_and_missing_path(tmp_path):
         load_sequences(SequenceConfig())
 
 
-@pytest.fixture(scope="module")
-def shared_data() -> Path:
-    if not SHARED_DATA.is_dir():
-        reason = f"real data sets not found at {SHARED_DATA} (public research data, never copied into the repo)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{reason}; CI must provide them")
-        pytest.skip(reason)
-    return SHARED_DATA
 
 
 def test_amazon_video(shared_data):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,17 +9,8 @@ import pytest
 from distrec.config import DataConfig
 from distrec.data import DataError, load_dataset
 
-SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"  # <repo>/../shared/data
 
 
-@pytest.fixture(scope="module")
-def shared_data() -> Path:
-    if not SHARED_DATA.is_dir():
-        reason = f"real data sets not found at {SHARED_DATA} (public research data, never copied into the repo)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{reason}; CI must provide them")
-        pytest.skip(reason)
-    return SHARED_DATA
 
 
 def all_pairs(data) -> int:
