@@ -97,3 +97,23 @@ def test_remi_two_ranks_equal_one_process(sharding, tmp_path):
             torch.testing.assert_close(result["router"][k], v, atol=1e-6, rtol=1e-5)
     assert set(one["metrics"]["test"]["16"]) == {"recall@5", "ndcg@5", "hitrate@5", "recall@10", "ndcg@10", "hitrate@10"}
     assert 0.0 < one["diag"]["routing"]["max_weight"] <= 1.0
+
+
+def first_batch_negatives(args: list[str]):
+    env = parallel.init("cpu")
+    try:
+        cfg = config.load(None, args)
+        batch = next(iter(multi_interest_workload(cfg, env).batches(1)))
+        return batch.negs
+    finally:
+        parallel.shutdown()
+
+
+def test_gathered_negatives_are_every_ranks_own_draws(tmp_path):
+    log = write_log(tmp_path / "log.txt")
+    args = overrides(log, "table_wise") + ["train.batch_size=8"]
+    own = run_ranks(first_batch_negatives, 2, tmp_path, args)
+    shared = run_ranks(first_batch_negatives, 2, tmp_path, args + ["train.gather_negatives=true"])
+    assert len(own[0]) == 40 and not torch.equal(own[0], own[1])  # 10 x local batch 4, drawn per rank
+    for negs in shared:
+        torch.testing.assert_close(negs, torch.cat(own))
