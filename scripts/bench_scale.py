@@ -85,7 +85,7 @@ def main() -> None:
                full_eval_seconds_est=int((np.diff(test[0]) > 0).sum()) / (len(users_with_test) / eval_s),
                peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     if env.is_main:
-        print(json.dumps(out))
+        print(json.dumps(out, default=lambda x: x.tolist() if hasattr(x, "tolist") else str(x)))
     parallel.shutdown()
 
 
