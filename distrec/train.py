@@ -1,12 +1,12 @@
-"""Train MRL4Rec (matryoshka matrix factorisation) with TorchRec-sharded user/item tables.
+"""Train a matryoshka retrieval model (MRL4Rec or REMI) over TorchRec-sharded embedding tables.
 
     python -m distrec.train --config configs/mrl4rec_phones.yaml train.epochs=50 run_dir=/tmp/r
-    torchrun --nproc_per_node 2 -m distrec.train --config ...
+    torchrun --nproc_per_node 2 -m distrec.train --config configs/remi_video.yaml
     torchx run -s local_cwd dist.ddp -j 1x8 distrec/train.py
 
-Reads top to bottom: config, process group, data, model, sharding, loop (train, evaluate on
-validation, keep the best), then the test evaluation of the best epoch and the outputs.
-Imported by nothing.
+Reads top to bottom: config, process group, the task's workload (data, model builder, batches,
+evaluation sets), the loop (train, evaluate on validation, keep the best, optionally refit),
+then the test evaluation and the outputs. Imported by nothing but tests and scripts.
 """
 
 from __future__ import annotations
