@@ -177,6 +177,8 @@ class TrainConfig:
     # After early stopping, train a fresh model on train + validation for the selected number
     # of epochs and test that one (the validation split then only picks the epoch count).
     refit: bool = False
+    checkpoint_every: int = 0  # epochs between resumable checkpoints in <run_dir>/checkpoint (0 = off)
+    resume: bool = False  # continue from <run_dir>/checkpoint/last if it exists
     # multi_interest (loss=softmax): negatives shared by a rank's local batch
     num_sampled: int = 0  # 0 = 10 x the local batch size
     neg_distribution: str = "uniform"  # uniform, or log_uniform (popularity rank) with logQ correction
@@ -193,6 +195,8 @@ class TrainConfig:
         _check_choice("train.optimizer", self.optimizer, OPTIMIZERS)
         _check_choice("train.neg_distribution", self.neg_distribution, ("uniform", "log_uniform"))
         _check_choice("train.dense_optimizer", self.dense_optimizer, ("adam", "adagrad", "sgd"))
+        if self.checkpoint_every < 0:
+            raise ConfigError(f"train.checkpoint_every must be >= 0, got {self.checkpoint_every}")
         if self.num_sampled < 0 or self.ihn_beta < 0 or self.rr_lambda < 0:
             raise ConfigError("train.num_sampled, train.ihn_beta and train.rr_lambda must be >= 0")
         for name in ("epochs", "batch_size", "num_negs"):

@@ -78,7 +78,8 @@ def train(cfg: config.Config, env: parallel.DistEnv) -> dict:
     check_optimizer_device(cfg.train, env.device)
     if env.is_main:
         outputs.write_config(run_dir, config.to_dict(cfg))
-        (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+        if not cfg.train.resume:
+            (run_dir / "metrics.jsonl").unlink(missing_ok=True)
 
     # Data: every rank reads the same files deterministically; rank 0 writes the Parquet copy.
     data_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else run_dir / "data"
@@ -126,18 +127,32 @@ def fit(cfg: config.Config, env: parallel.DistEnv, work: Workload, epochs: int, 
     """
     log = print if env.is_main else (lambda *a, **k: None)
     select = phase == "select"
+    # Seeded initialisation: a run is reproducible (and resumable) for a given world size. Each
+    # rank gets its own stream, so shards on different ranks are not initialised alike.
+    torch.manual_seed(cfg.train.seed * 1009 + env.rank)
     model, dense_opts = work.build()
     log(f"sharding plan:\n{model.plan}")
     dim, metric = str(cfg.model.levels[-1]), cfg.eval.select_metric
     best = {"score": -math.inf, "epoch": epochs, "valid": None, "snapshot": None}
-    seconds = 0.0
-    for epoch in range(1, epochs + 1):
+    seconds, first = 0.0, 1
+    ckpt = Path(cfg.run_dir) / "checkpoint"
+    resumable = phase != "refit"  # a refit is short and restarts from scratch
+    if resumable and cfg.train.resume and (ckpt / "last").exists():
+        if select and (ckpt / "best").exists():
+            checkpoint.load(ckpt / "best", model, dense_opts)
+            best["snapshot"] = checkpoint.snapshot(model)
+        loop = checkpoint.load(ckpt / "last", model, dense_opts)
+        best.update(loop["best"])
+        first, seconds = loop["epoch"] + 1, loop["seconds"]
+        log(f"resumed from {ckpt / 'last'} after epoch {loop['epoch']} (best epoch {best['epoch']})")
+    for epoch in range(first, epochs + 1):
         t0 = time.perf_counter()
         record = {"phase": phase, "epoch": epoch, "loss": train_epoch(model, dense_opts, work, cfg, env, epoch)}
         record["epoch_seconds"] = time.perf_counter() - t0
         seconds += record["epoch_seconds"]
         if (epoch % cfg.eval.every_epochs and epoch != epochs) or not (select or cfg.eval.track_test):
             log(_epoch_line(record))
+            _maybe_checkpoint(cfg, env, model, dense_opts, epoch, best, seconds, improved=False, resumable=resumable)
             continue
         t1 = time.perf_counter()
         model.eval()
@@ -151,15 +166,31 @@ def fit(cfg: config.Config, env: parallel.DistEnv, work: Workload, epochs: int, 
         record["elapsed_seconds"] = time.perf_counter() - start
         if env.is_main:
             outputs.append_metrics(Path(cfg.run_dir), record)
-        if select and record["valid"][dim][metric] > best["score"]:
+        improved = select and record["valid"][dim][metric] > best["score"]
+        if improved:
             best.update(score=record["valid"][dim][metric], epoch=epoch, valid=record["valid"], snapshot=checkpoint.snapshot(model))
         log(_epoch_line(record, dim, metric, best["epoch"] if select else None))
+        _maybe_checkpoint(cfg, env, model, dense_opts, epoch, best, seconds, improved=improved, resumable=resumable)
         if select and epoch - best["epoch"] >= cfg.eval.patience * cfg.eval.every_epochs:
             log(f"early stop: no better validation {metric} since epoch {best['epoch']}")
             break
     if select:
         checkpoint.restore(model, best["snapshot"])
     return model, best, seconds
+
+
+def _maybe_checkpoint(cfg, env, model, dense_opts, epoch: int, best: dict, seconds: float, *, improved: bool, resumable: bool) -> None:
+    """Every `train.checkpoint_every` epochs: the state to resume from ("last"), and the best
+    validation epoch's weights ("best") whenever they improve."""
+    every = cfg.train.checkpoint_every
+    if not (every and resumable):
+        return
+    ckpt = Path(cfg.run_dir) / "checkpoint"
+    loop = {"epoch": epoch, "seconds": seconds, "best": {k: v for k, v in best.items() if k != "snapshot"}}
+    if improved:
+        checkpoint.save(ckpt / "best", model, dense_opts, env, loop)
+    if epoch % every == 0:
+        checkpoint.save(ckpt / "last", model, dense_opts, env, loop)
 
 
 def train_epoch(model, dense_opts, work: Workload, cfg: config.Config, env: parallel.DistEnv, epoch: int) -> float:
