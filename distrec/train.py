@@ -66,7 +66,11 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = config.load(path, overrides)
     env = parallel.init(cfg.device)
     try:
-        return train(cfg, env)
+        result = train(cfg, env)
+        # Leave together: a rank that tears down its process group while rank 0 is still
+        # writing outputs (or a peer is still draining the last collective) can abort the others.
+        parallel.barrier(env)
+        return result
     finally:
         parallel.shutdown()
 

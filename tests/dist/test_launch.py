@@ -26,7 +26,8 @@ def run(cmd: list[str], timeout_s: int = 400) -> subprocess.CompletedProcess:
 
 def check_run(out: subprocess.CompletedProcess, run_dir: Path, world_size: int) -> None:
     text = out.stdout + out.stderr
-    assert out.returncode == 0, text[-4000:]
+    clues = [line for line in text.splitlines() if any(w in line for w in ("Error", "error:", "what()", "terminate", "Signal", "signal"))]
+    assert out.returncode == 0, "\n".join(clues[:40]) + "\n...\n" + text[-3000:]
     assert f"world size {world_size}" in text
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert set(metrics["test"]) == {"8", "16"}
