@@ -19,15 +19,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from distrec import config, evaluate, parallel  # noqa: E402
+from distrec import config, parallel  # noqa: E402
 from distrec.data import load_dataset  # noqa: E402
-from distrec.data.batches import epoch_batches  # noqa: E402
-from distrec.model import Batch  # noqa: E402
-from distrec.samplers import CandidateSampler, candidate_shape  # noqa: E402
 from distrec.workload import mrl4rec_workload  # noqa: E402
 
 
@@ -46,19 +42,15 @@ def main() -> None:
     out["data_seconds"] = time.perf_counter() - t
     out.update(users=data.num_users, items=data.num_items, train_pairs=int(data.train_users.size))
     t = time.perf_counter()
-    model, _ = mrl4rec_workload(cfg, env, data).build()
-    sampler = CandidateSampler(data.train_users, data.train_items, data.num_items)
+    work = mrl4rec_workload(cfg, env, data)  # the trainer's own batches, sampler and evaluation
+    model, _ = work.build()
     out["shard_seconds"] = time.perf_counter() - t
-    shape = candidate_shape(cfg.train.sampler, cfg.train.num_negs, len(cfg.model.levels), cfg.train.mns_pool)
-    rng = np.random.default_rng([0, env.rank])
-    batches = epoch_batches(data.train_users.size, cfg.train.batch_size, 0, 1, env.rank, env.world_size)
+    batches = work.batches(1)
     times = []
-    for step, (idx, global_size) in zip(range(args.steps + 5), batches):
+    for step in range(args.steps + 5):
         parallel.barrier(env)
         t = time.perf_counter()
-        users = data.train_users[idx]
-        batch = Batch(torch.as_tensor(users), torch.as_tensor(data.train_items[idx]),
-                      torch.as_tensor(sampler.draw(rng, users, shape)), global_size, env.world_size).to(env.device)
+        batch = next(batches)  # building the batch (sampling included) is part of a step
         loss, _ = model(batch)
         loss.backward()
         parallel.barrier(env)
@@ -77,9 +69,8 @@ def main() -> None:
     sub_indptr[1:] = np.cumsum(counts)
     sub_items = test[1][np.repeat(keep, np.diff(test[0]))]
     t = time.perf_counter()
-    tables = model.module.tables
-    evaluate.evaluate(evaluate.user_encoder(tables, env.device), tables.items, data.num_items, env, (sub_indptr, sub_items),
-                      [data.csr("train"), data.csr("valid")], cfg.model.levels, cfg.eval.ks, cfg.eval.chunk_mb)
+    work.eval_sets["sample"] = ((sub_indptr, sub_items), work.eval_sets["test"][1])
+    work.evaluate(model, "sample", cfg, env)
     eval_s = time.perf_counter() - t
     out.update(eval_users=len(users_with_test), eval_seconds=eval_s, eval_users_per_s=len(users_with_test) / eval_s,
                full_eval_seconds_est=int((np.diff(test[0]) > 0).sum()) / (len(users_with_test) / eval_s),
