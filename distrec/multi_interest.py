@@ -133,14 +133,6 @@ def sequence_batches(
         ).to(env.device)
 
 
-def history_csr(data: SequenceData, users: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """CSR over evaluation rows of each user's whole history part (items before `ends`)."""
-    indptr = np.zeros(len(users) + 1, np.int64)
-    np.cumsum(ends, out=indptr[1:])
-    offsets = np.arange(indptr[-1]) - np.repeat(indptr[:-1], ends)
-    return indptr, data.seq_items[np.repeat(data.seq_indptr[users], ends) + offsets]
-
-
 def interest_encoder(model: MultiInterest, data: SequenceData, users: np.ndarray, ends: np.ndarray, max_len: int, device: torch.device):
     """Evaluation queries: the interests `[n, K, D]` of rows (positions into `users`)."""
 

@@ -23,7 +23,7 @@ from distrec.data.batches import epoch_batches
 from distrec.data.sequences import SequenceData, history_windows, load_sequences
 from distrec.embeddings import TABLE_SHARDING_FIELDS, Tables, attach_fused_optimizer, dense_optimizers
 from distrec.model import Batch, MatryoshkaMF
-from distrec.multi_interest import MultiInterest, NegativeSampler, history_csr, interest_encoder, sequence_batches
+from distrec.multi_interest import MultiInterest, NegativeSampler, interest_encoder, sequence_batches
 from distrec.samplers import CandidateSampler, candidate_shape
 
 Csr = tuple[np.ndarray, np.ndarray]
@@ -121,7 +121,8 @@ def multi_interest_workload(cfg: Config, env: parallel.DistEnv) -> Workload:
     splits = {split: data.eval_split(split) for split in ("valid", "test")}
     eval_sets = {}
     for split, (users, ends, targets) in splits.items():
-        exclude = [history_csr(data, users, ends)] if cfg.eval.mask_history else []
+        # Mask the whole history part (items before `ends`), not only the window the model sees.
+        exclude = [data.segments(users, np.zeros_like(ends), ends)] if cfg.eval.mask_history else []
         eval_sets[split] = (targets, exclude)
 
     def build():

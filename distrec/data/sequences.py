@@ -110,11 +110,15 @@ class SequenceData:
             raise ValueError(f"split must be one of {', '.join(EVAL_SPLITS)}, got {split!r}")
         users = getattr(self, f"{split}_users")
         ends = self.history_ends(users)
-        count = self.lengths[users] - ends
+        return users, ends, self.segments(users, ends, self.lengths[users])
+
+    def segments(self, users: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """CSR over rows j of seq[starts[j]:ends[j]] of user users[j]: (indptr [U+1], items), vectorised."""
+        count = ends - starts
         indptr = np.zeros(users.size + 1, np.int64)
         np.cumsum(count, out=indptr[1:])
-        at = np.repeat(self.seq_indptr[users] + ends, count) + _ranges(count)
-        return users, ends, (indptr, self.seq_items[at])
+        at = np.repeat(self.seq_indptr[users] + starts, count) + _ranges(count)
+        return indptr, self.seq_items[at]
 
 
 def history_windows(

@@ -385,3 +385,16 @@ def test_ml_100k_sorted_by_timestamp(shared_data):
     mine = rows[rows[:, 0] == data.user_raw[user]]
     expected = mine[np.argsort(mine[:, 3], kind="stable"), 1]
     assert sequences_of(data)[int(data.user_raw[user])] == expected.tolist()
+
+
+def test_segments_match_python_slices(tmp_path):
+    data = load_sequences(SequenceConfig(path=random_log(tmp_path, 30, seed=4)))
+    rng = np.random.default_rng(0)
+    users = rng.integers(0, data.num_users, size=25)
+    lengths = data.lengths[users]
+    ends = rng.integers(0, lengths + 1)
+    starts = np.minimum(rng.integers(0, lengths + 1), ends)
+    indptr, items = data.segments(users, starts, ends)
+    for j, u in enumerate(users):
+        seq = data.seq_items[data.seq_indptr[u] : data.seq_indptr[u + 1]].tolist()
+        assert items[indptr[j] : indptr[j + 1]].tolist() == seq[starts[j] : ends[j]]
