@@ -1,8 +1,8 @@
 """Paper Table 3 and Fig. 3 on Amazon-Phones: BPR-D, BPR-M, MRL-D, MRL-M from one config.
 
-Runs each variant with `torchrun --nproc_per_node N -m distrec.train` (loss/sampler overridden),
-then evaluates every run's exported embeddings at prefix sizes 4..64 (the "deploy at any
-dimension" curve of Fig. 3) and writes a Markdown table and a PNG.
+Runs each variant through `distrec.runner.launch` (loss/sampler overridden, `--nproc`
+processes), then evaluates every run's exported embeddings at prefix sizes 4..64 (the "deploy
+at any dimension" curve of Fig. 3) and writes a Markdown table and a PNG.
 
     .venv/bin/python scripts/phones_ablation.py --nproc 2 --out docs/phones_ablation
 """
@@ -11,37 +11,35 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from distrec import evaluate
+from distrec.data import read_parquet
+from distrec.runner import launch
 
-from distrec import evaluate  # noqa: E402
-from distrec.data import read_parquet  # noqa: E402
-
-VARIANTS = {"BPR-D": ("bpr", "dns"), "BPR-M": ("bpr", "mns"), "MRL-D": ("mrl", "dns"), "MRL-M": ("mrl", "mns")}
+# Each variant is the config plus these overrides.
+VARIANTS: dict[str, list[str]] = {
+    "BPR-D": ["train.loss=bpr", "train.sampler=dns"],
+    "BPR-M": ["train.loss=bpr", "train.sampler=mns"],
+    "MRL-D": ["train.loss=mrl", "train.sampler=dns"],
+    "MRL-M": ["train.loss=mrl", "train.sampler=mns"],
+}
 DIMS = (4, 8, 12, 16, 24, 32, 40, 48, 56, 64)
 
 
-def run_variant(name: str, loss: str, sampler: str, args) -> dict:
-    run_dir = Path(args.runs) / name
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(args.nproc), "-m", "distrec.train",
-           "--config", args.config, f"train.loss={loss}", f"train.sampler={sampler}", f"run_dir={run_dir}", "progress=false", *args.overrides]
-    t0 = time.perf_counter()
-    subprocess.run(cmd, cwd=ROOT, check=True)
-    wall = time.perf_counter() - t0
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    epochs = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    selected = max(r["epoch"] for r in epochs if r["phase"] in ("select", "train"))
+def run_variant(name: str, args) -> dict:
+    run = launch(args.config, [*VARIANTS[name], *args.overrides], args.nproc, Path(args.runs) / name)
+    if not run.ok:
+        raise SystemExit(f"{name} failed (exit code {run.returncode}):\n{run.stderr_tail}")
+    metrics = run.metrics
+    selected = max(r["epoch"] for r in run.records if r["phase"] in ("select", "train"))
     trained = selected + (metrics["best_epoch"] if metrics.get("refit") else 0)  # + the refit's epochs
-    return {"name": name, "cmd": " ".join(cmd[1:]), "wall_s": wall, "metrics": metrics, "epochs_run": selected,
-            "epochs_trained": trained, "s_per_epoch": metrics["train_seconds"] / trained, "run_dir": str(run_dir)}
+    return {"name": name, "cmd": " ".join(run.command[1:]), "wall_s": run.wall_seconds, "metrics": metrics,
+            "epochs_run": selected, "epochs_trained": trained, "s_per_epoch": metrics["train_seconds"] / trained,
+            "run_dir": str(run.run_dir)}
 
 
 def recall_by_dim(run_dir: Path) -> dict[int, float]:
@@ -65,7 +63,7 @@ def main() -> None:
     p.add_argument("--nproc", type=int, default=2)
     p.add_argument("--runs", default="runs/phones_ablation")
     p.add_argument("--out", default="docs/phones_ablation")
-    p.add_argument("--only", nargs="*", default=list(VARIANTS))
+    p.add_argument("--only", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--report-only", action="store_true", help="rebuild the table and PNG from --out's JSON")
     p.add_argument("overrides", nargs="*")
     args = p.parse_args()
@@ -78,7 +76,7 @@ def main() -> None:
     else:
         results = []
         for name in args.only:
-            res = run_variant(name, *VARIANTS[name], args)
+            res = run_variant(name, args)
             res["recall20_by_dim"] = recall_by_dim(Path(res["run_dir"]))
             results.append(res)
         out.with_suffix(".json").write_text(json.dumps(results, indent=2))

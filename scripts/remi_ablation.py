@@ -1,6 +1,6 @@
 """REMI ablation on Amazon Video Games: ComiRec-SA baseline, IHN only, RR only, IHN + RR.
 
-Every variant runs `torchrun --nproc_per_node N -m distrec.train` with the same budget
+Every variant runs through `distrec.runner.launch` (`--nproc` processes) with the same budget
 (epochs, batch, negatives, early stopping), differing only in train.ihn_beta / train.rr_lambda.
 Writes a Markdown table (every matryoshka level), JSON, and a PNG of routing matrices of a few
 test users without and with routing regularisation.
@@ -11,48 +11,45 @@ test users without and with routing regularisation.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from distrec import config  # noqa: E402
-from distrec.data.sequences import history_windows, load_sequences  # noqa: E402
-from distrec.towers import SelfAttentiveRouter  # noqa: E402
+from distrec import config
+from distrec.data.sequences import history_windows, load_sequences
+from distrec.runner import launch
+from distrec.towers import SelfAttentiveRouter
 
 
-def variants(beta: float, lam: float) -> dict[str, tuple[str, list[str]]]:
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    config: str
+    overrides: list[str]
+    run_name: str  # directory under --runs
+
+
+def variants(beta: float, lam: float) -> dict[str, Variant]:
     remi = "configs/remi_video.yaml"
     return {
-        "ComiRec-SA (baseline)": ("configs/comirec_video.yaml", []),
-        "IHN only": (remi, [f"train.ihn_beta={beta}", "train.rr_lambda=0"]),
-        "RR only": (remi, ["train.ihn_beta=0", f"train.rr_lambda={lam}"]),
-        "IHN + RR (REMI)": (remi, [f"train.ihn_beta={beta}", f"train.rr_lambda={lam}"]),
+        "ComiRec-SA (baseline)": Variant("configs/comirec_video.yaml", [], "ComiRec-SA"),
+        "IHN only": Variant(remi, [f"train.ihn_beta={beta}", "train.rr_lambda=0"], "IHN"),
+        "RR only": Variant(remi, ["train.ihn_beta=0", f"train.rr_lambda={lam}"], "RR"),
+        "IHN + RR (REMI)": Variant(remi, [f"train.ihn_beta={beta}", f"train.rr_lambda={lam}"], "REMI"),
     }
 
 
-def run(name: str, cfg_path: str, extra: list[str], args) -> dict:
-    run_dir = Path(args.runs) / name.split()[0].replace("+", "plus")
-    if name.startswith("IHN + RR"):
-        run_dir = Path(args.runs) / "REMI"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(args.nproc), "-m", "distrec.train",
-           "--config", cfg_path, *extra, f"run_dir={run_dir}", "progress=false", *args.overrides]
-    t0 = time.perf_counter()
-    subprocess.run(cmd, cwd=ROOT, check=True)
-    wall = time.perf_counter() - t0
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    epochs = records[-1]["epoch"]
-    return {"name": name, "cmd": " ".join(cmd[1:]), "run_dir": str(run_dir), "wall_s": wall, "metrics": metrics,
-            "epochs_run": epochs, "s_per_epoch": metrics["train_seconds"] / epochs,
-            "routing": records[-1].get("routing"), "config": cfg_path, "extra": extra}
+def run(name: str, variant: Variant, args) -> dict:
+    result = launch(variant.config, [*variant.overrides, *args.overrides], args.nproc, Path(args.runs) / variant.run_name)
+    if not result.ok:
+        raise SystemExit(f"{name} failed (exit code {result.returncode}):\n{result.stderr_tail}")
+    metrics = result.metrics
+    epochs = result.records[-1]["epoch"]
+    return {"name": name, "cmd": " ".join(result.command[1:]), "run_dir": str(result.run_dir), "wall_s": result.wall_seconds,
+            "metrics": metrics, "epochs_run": epochs, "s_per_epoch": metrics["train_seconds"] / epochs,
+            "routing": result.records[-1].get("routing"), "config": variant.config, "extra": variant.overrides}
 
 
 def routing_matrices(run_dir: Path, users: int = 3) -> tuple[np.ndarray, np.ndarray]:
@@ -80,15 +77,16 @@ def main() -> None:
     p.add_argument("--out", default="docs/remi_ablation")
     p.add_argument("overrides", nargs="*")
     args = p.parse_args()
-    results = [run(name, cfg, extra, args) for name, (cfg, extra) in variants(args.beta, args.rr_lambda).items()]
+    results = [run(name, variant, args) for name, variant in variants(args.beta, args.rr_lambda).items()]
     out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(results, indent=2))
     base = results[0]["metrics"]["test"]["64"]
     rows = ["| variant | β | λ | R@20 | R@50 | HR@20 | HR@50 | N@20 | N@50 | HR@50 vs base | R@50 vs base | best epoch | s/epoch | wall s | max routing weight | routing entropy |",
             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         t = r["metrics"]["test"]["64"]
-        cfg = config.load(ROOT / r["config"], r["extra"])
+        cfg = config.load(Path(r["run_dir"]) / "config.yaml")  # as resolved by the run, with every override
         rt = r["routing"] or {}
         rows.append(f"| {r['name']} | {cfg.train.ihn_beta:g} | {cfg.train.rr_lambda:g} | " + " | ".join(
             f"{t[m]:.4f}" for m in ("recall@20", "recall@50", "hitrate@20", "hitrate@50", "ndcg@20", "ndcg@50"))
