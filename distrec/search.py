@@ -1,0 +1,237 @@
+"""Seeded hyper-parameter search over `distrec.train` runs, selected on validation only.
+
+    python -m distrec.search --config configs/mrl4rec_phones.yaml --space configs/search/mf.yaml \\
+        --trials 20 --nproc 1 --out runs/search_phones [key.sub=value ...]
+
+Optuna's TPE sampler (seeded) proposes a point of the space file (`search_space.py`); each trial
+is one `runner.launch` with `train.refit=false eval.track_test=false` forced, and its objective
+is the run's best validation value `valid[<full dim>][<eval.select_metric>]`. Every validation
+evaluation is reported to a median pruner as it is written, and a trial below the median of
+earlier trials at the same epoch is stopped. Test metrics of trials are never read: after the
+trials, one final run with the best point and `train.refit=true` (unless --no-refit) is the
+only run whose test metrics are read. Writes to --out: trials.csv, trials.md, best.json,
+best_overrides.txt, and one run directory per trial (trials/NNNN) plus final/.
+Imports: config, runner, search_space, optuna, stdlib.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import json
+import math
+import os
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from distrec import config, runner, search_space
+from distrec.search_space import SpaceError
+
+# Every trial runs with these; the search owns them, so a space may not search them. Refit and
+# test tracking are off because a trial must see nothing of test; select_metric is the objective.
+FORCED = ["train.refit=false", "eval.track_test=false"]
+RESERVED = ["run_dir", "train.refit", "eval.track_test", "eval.select_metric"]
+PRUNER_STARTUP_TRIALS = 5  # trials that run to the end before the median means anything
+PRUNER_WARMUP_EPOCHS = 1  # a first evaluation is too noisy to stop on
+STATES = {optuna.trial.TrialState.COMPLETE: "complete", optuna.trial.TrialState.PRUNED: "pruned",
+          optuna.trial.TrialState.FAIL: "failed", optuna.trial.TrialState.RUNNING: "running"}
+
+
+class TrialFailed(RuntimeError):
+    """A trial's run exited without a validation result; the study records it and goes on."""
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m distrec.search", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default=None, help="base YAML config (default: the built-in defaults)")
+    p.add_argument("--space", required=True, help="search space YAML, e.g. configs/search/mf.yaml")
+    p.add_argument("--trials", type=int, default=20)
+    p.add_argument("--nproc", type=int, default=1, help="processes per run")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--seed", type=int, default=0, help="sampler seed (each run keeps its config's train.seed)")
+    p.add_argument("--no-refit", action="store_true", help="skip the final refit run (no test metrics)")
+    p.add_argument("--no-prune", action="store_true", help="run every trial to its end")
+    p.add_argument("--timeout-s", type=float, default=None, help="stop a trial after this many seconds (failed)")
+    p.add_argument("--verbose", action="store_true", help="show every run's own output")
+    p.add_argument("overrides", nargs="*", help="key.sub=value, applied to every run")
+    args = p.parse_args(argv)
+    if args.trials < 1 or args.nproc < 1:
+        p.error("--trials and --nproc must be >= 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run the search; returns what best.json holds."""
+    args = parse_args(argv)
+    config_path = runner.resolve_path(args.config) if args.config else None
+    space_path = runner.resolve_path(args.space)
+    space = search_space.load(space_path)
+    base = config.load(config_path, [*args.overrides, *FORCED])  # the base config alone must load
+    search_space.check(space, args.space, config_path, [*args.overrides, *FORCED], RESERVED)
+    if not _has_validation(base):
+        raise config.ConfigError("the search selects on validation, but this config holds no validation split "
+                                 "(data.valid_fraction or data.sequence.split[1] is 0)")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    metric = base.eval.select_metric
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial below instead
+    pruner = optuna.pruners.NopPruner() if args.no_prune else optuna.pruners.MedianPruner(
+        n_startup_trials=PRUNER_STARTUP_TRIALS, n_warmup_steps=PRUNER_WARMUP_EPOCHS)
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=args.seed), pruner=pruner)
+
+    def objective(trial: optuna.Trial) -> float:
+        point = search_space.suggest(space, trial)
+        overrides = [*args.overrides, *search_space.to_overrides(point), *FORCED]
+        try:
+            cfg = config.load(config_path, overrides)  # a point can break a rule that spans keys
+        except config.ConfigError as err:
+            trial.set_user_attr("error", str(err))
+            raise TrialFailed(str(err)) from None
+        dim = str(cfg.model.levels[-1])
+
+        def on_metrics(record: dict[str, Any]) -> bool:
+            if record.get("phase") != "select" or "valid" not in record:
+                return False
+            trial.report(record["valid"][dim][metric], record["epoch"])
+            return trial.should_prune()
+
+        run = runner.launch(config_path, overrides, args.nproc, out / "trials" / f"{trial.number:04d}",
+                            timeout_s=args.timeout_s, on_metrics=on_metrics, echo=args.verbose)
+        trial.set_user_attr("wall_seconds", run.wall_seconds)
+        trial.set_user_attr("epochs_run", max((r["epoch"] for r in run.records), default=0))
+        if run.stopped_by == "callback":
+            raise optuna.TrialPruned()
+        if not run.ok or run.metrics.get("valid") is None:
+            why = "timed out" if run.stopped_by == "timeout" else f"exit code {run.returncode}"
+            last = run.stderr_tail.strip().splitlines()[-1:] or [""]
+            trial.set_user_attr("error", f"{why}: {last[0]}")
+            raise TrialFailed(trial.user_attrs["error"])
+        # The objective: the best validation epoch's value. Only "valid" and "best_epoch" are read.
+        trial.set_user_attr("best_epoch", run.metrics["best_epoch"])
+        return float(run.metrics["valid"][dim][metric])
+
+    def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        print(_trial_line(trial, metric), flush=True)
+        write_tables(out, study.trials, [p.key for p in space], metric)
+
+    study.optimize(objective, n_trials=args.trials, catch=(TrialFailed,), callbacks=[after_trial])
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    if not complete:
+        raise SystemExit(f"error: no trial completed; see {out / 'trials.md'} and the trials' stderr.log")
+    best = study.best_trial
+    best_overrides = search_space.to_overrides({p.key: best.params[p.key] for p in space})
+    (out / "best_overrides.txt").write_text("\n".join(best_overrides) + "\n")
+    print(f"best: trial {best.number}, valid {metric} {best.value:.4f}: {' '.join(best_overrides)}", flush=True)
+
+    final = None
+    if not args.no_refit:
+        # The one run whose test metrics are read: the chosen point, refit on train + validation.
+        run = runner.launch(config_path, [*args.overrides, *best_overrides, "train.refit=true", "eval.track_test=false"],
+                            args.nproc, out / "final", timeout_s=None, echo=args.verbose)
+        final = {"test": run.metrics["test"] if run.ok else None, "wall_seconds": run.wall_seconds,
+                 "returncode": run.returncode, "run_dir": str(run.run_dir), "command": shlex.join(run.command)}
+        if not run.ok:
+            final["stderr_tail"] = run.stderr_tail
+    result = {
+        "params": best.params, "overrides": best_overrides, "trial": best.number,
+        "valid": {"metric": metric, "value": best.value, "best_epoch": best.user_attrs.get("best_epoch")},
+        "final": final,
+        "study": {"sampler": f"TPE(seed={args.seed})", "pruner": "none" if args.no_prune else "median",
+                  "trials": len(study.trials), **_counts(study.trials)},
+        "config": str(config_path) if config_path else None, "space": str(space_path),
+        "command": shlex.join([sys.executable, "-m", "distrec.search", *(sys.argv[1:] if argv is None else argv)]),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    _write_text(out / "best.json", json.dumps(result, indent=2) + "\n")
+    if final is not None:
+        if final["test"] is None:
+            raise SystemExit(f"error: the final refit run failed (exit code {final['returncode']}); see {out / 'final'}")
+        dim = max(final["test"], key=int)
+        print(f"final refit run: test@{dim} {metric} {final['test'][dim][metric]:.4f} in {final['wall_seconds']:.0f} s")
+    print(f"search outputs in {out}")
+    return result
+
+
+def _has_validation(cfg: config.Config) -> bool:
+    if cfg.model.task == "multi_interest":
+        return cfg.data.sequence.split[1] > 0
+    return cfg.data.valid_fraction > 0
+
+
+def _counts(trials: list[optuna.trial.FrozenTrial]) -> dict[str, int]:
+    states = [STATES.get(t.state, "other") for t in trials]
+    return {name: states.count(name) for name in ("complete", "pruned", "failed")}
+
+
+def _trial_line(trial: optuna.trial.FrozenTrial, metric: str) -> str:
+    state = STATES.get(trial.state, str(trial.state))
+    value = f"valid {metric} {trial.value:.4f}" if trial.value is not None else trial.user_attrs.get("error", "")
+    wall = trial.user_attrs.get("wall_seconds", math.nan)
+    params = " ".join(search_space.to_overrides(trial.params))
+    return f"trial {trial.number} {state} after {trial.user_attrs.get('epochs_run', 0)} epochs, {wall:.0f} s: {value} | {params}"
+
+
+def table_rows(trials: list[optuna.trial.FrozenTrial], keys: list[str]) -> list[dict[str, Any]]:
+    """One row per trial: number, state, each searched key, validation value, best epoch, wall seconds."""
+    rows = []
+    for t in trials:
+        row: dict[str, Any] = {"number": t.number, "state": STATES.get(t.state, str(t.state))}
+        row.update({key: t.params.get(key) for key in keys})
+        row.update(value=t.value, best_epoch=t.user_attrs.get("best_epoch"), epochs_run=t.user_attrs.get("epochs_run"),
+                   wall_seconds=t.user_attrs.get("wall_seconds"), error=t.user_attrs.get("error"))
+        rows.append(row)
+    return rows
+
+
+def write_tables(out: Path, trials: list[optuna.trial.FrozenTrial], keys: list[str], metric: str) -> None:
+    """trials.csv and trials.md, rewritten after every trial so an interrupted search keeps its table."""
+    rows = table_rows(trials, keys)
+    columns = ["number", "state", *keys, "value", "best_epoch", "epochs_run", "wall_seconds", "error"]
+    tmp = out / "trials.csv.tmp"
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows({k: ("" if v is None else v) for k, v in row.items()} for row in rows)
+    os.replace(tmp, out / "trials.csv")
+    header = ["trial", "state", *keys, f"valid {metric}", "best epoch", "epochs run", "wall s", "error"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        value = _cell(row["value"], ".4f")
+        if value and row["state"] != "complete":  # a pruned trial's value is its last report, not its best
+            value = f"({value})"
+        cells = [row["number"], row["state"], *(_cell(row[k]) for k in keys), value,
+                 _cell(row["best_epoch"]), _cell(row["epochs_run"]), _cell(row["wall_seconds"], ".0f"),
+                 (row["error"] or "").replace("|", "/")]
+        lines.append("| " + " | ".join(map(str, cells)) + " |")
+    lines += ["", f"valid {metric}: the best validation epoch's value at the full dimension; "
+              "in parentheses, a pruned trial's last value before it was stopped."]
+    _write_text(out / "trials.md", "\n".join(lines) + "\n")
+
+
+def _cell(value: Any, spec: str = "") -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float) and not spec:
+        return f"{value:.4g}"
+    return format(value, spec)
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (config.ConfigError, SpaceError) as err:  # one clear line, no traceback
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
