@@ -135,8 +135,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         # The one run whose test metrics are read: the chosen point, refit on train + validation.
         run = runner.launch(config_path, [*args.overrides, *best_overrides, "train.refit=true", "eval.track_test=false"],
                             args.nproc, out / "final", timeout_s=None, echo=args.verbose)
-        final = {"test": run.metrics["test"] if run.ok else None, "wall_seconds": run.wall_seconds,
-                 "returncode": run.returncode, "run_dir": str(run.run_dir), "command": shlex.join(run.command)}
+        # "refit" is the run's own word: REMI runs ignore train.refit today and test the selected model.
+        final = {"test": run.metrics["test"] if run.ok else None, "refit": run.metrics.get("refit") if run.ok else None,
+                 "wall_seconds": run.wall_seconds, "returncode": run.returncode, "run_dir": str(run.run_dir), "command": shlex.join(run.command)}
         if not run.ok:
             final["stderr_tail"] = run.stderr_tail
     result = {

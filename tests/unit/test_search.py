@@ -82,7 +82,7 @@ def test_search_writes_its_table_and_tests_only_the_final_refit_run(clean_search
     assert on_disk == best
     assert best["valid"]["value"] == max(float(r["value"]) for r in rows)
     assert set(best["final"]["test"]["16"]) == {"recall@5", "ndcg@5", "recall@20", "ndcg@20"}
-    assert "train.refit=true" in best["final"]["command"] and best["date"]
+    assert "train.refit=true" in best["final"]["command"] and best["final"]["refit"] is True and best["date"]
     assert (out / "best_overrides.txt").read_text().split() == best["overrides"]
     assert set(best["params"]) == {"train.lr", "train.loss"}
     for trial in ("0000", "0001"):  # trials: no refit, no test tracking
