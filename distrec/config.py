@@ -173,14 +173,17 @@ class TrainConfig:
     lr: float = 0.2  # tuned for row-wise Adagrad on Amazon-Phones (docs/results.md)
     eps: float = 1e-8
     l2: float = 0.02  # on the batch embeddings (as in common BPR code), tuned with lr
+    # Weight each coordinate's L2 like the levels that use it (losses.level_l2_weights); false
+    # is the uniform L2 of the MRL4Rec reference code, which starves the last block.
+    l2_per_level: bool = True
     seed: int = 2022
     # After early stopping, train a fresh model on train + validation for the selected number
     # of epochs and test that one (the validation split then only picks the epoch count).
     refit: bool = False
     checkpoint_every: int = 0  # epochs between resumable checkpoints in <run_dir>/checkpoint (0 = off)
     resume: bool = False  # continue from <run_dir>/checkpoint/last if it exists
-    # multi_interest (loss=softmax): negatives shared by a rank's local batch
-    num_sampled: int = 0  # 0 = 10 x the local batch size
+    # loss=softmax: negatives shared by a rank's local batch
+    num_sampled: int = 0  # 0 = 10 x the local batch size; >= the item count: every item (exact softmax)
     neg_distribution: str = "uniform"  # uniform, or log_uniform (popularity rank) with logQ correction
     gather_negatives: bool = False  # widen each rank's pool with every rank's negatives
     ihn_beta: float = 0.0  # interest-aware hard negatives; 0 = plain sampled softmax
@@ -245,9 +248,8 @@ class Config:
     def __post_init__(self) -> None:
         _check_choice("device", self.device, ("auto", "cpu", "cuda"))
         multi = self.model.task == "multi_interest"
-        if multi != (self.train.loss == "softmax"):
-            raise ConfigError("train.loss=softmax goes with model.task=multi_interest (and bpr/mrl with mrl4rec); "
-                              f"got task={self.model.task}, loss={self.train.loss}")
+        if multi and self.train.loss != "softmax":
+            raise ConfigError(f"model.task=multi_interest trains with train.loss=softmax, got {self.train.loss}")
         if multi and self.data.format != "log":
             raise ConfigError(f"model.task=multi_interest reads a time-ordered log: data.format must be log, got {self.data.format}")
 

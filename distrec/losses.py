@@ -56,9 +56,31 @@ def pairwise_loss(
     raise ValueError(f"unknown loss {kind!r}")
 
 
-def l2_penalty(*tables: torch.Tensor) -> torch.Tensor:
-    """Half the squared norm of the batch's embeddings, summed (scaled by the caller)."""
-    return sum(t.pow(2).sum() for t in tables) / 2
+def l2_penalty(*tables: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Half the squared norm of the batch's embeddings, summed (scaled by the caller).
+
+    weights `[D]`: a weight per coordinate (`level_l2_weights`), i.e. sum_l w_l ||x[:d_l]||^2 / 2.
+    """
+    if weights is None:
+        return sum(t.pow(2).sum() for t in tables) / 2
+    return sum((t.pow(2) * weights.to(t.dtype)).sum() for t in tables) / 2
+
+
+def level_l2_weights(levels: tuple[int, ...], weights: tuple[float, ...]) -> torch.Tensor:
+    """Per-coordinate L2 weight `[D]` that regularises each level as much as its loss weighs:
+    coordinate j gets sum of w_l over the levels whose prefix holds it (d_l > j), divided by
+    the sum of all w_l, so the first block has weight 1 and the last block w_L / sum(w).
+
+    Why: a coordinate of block b receives loss gradient only from levels l >= b, so with a
+    uniform L2 the last block (only level L, weight 1/L) is regularised L times harder per unit
+    of loss than the first block (all L levels). Its shrinkage then beats its signal and the
+    block dies (test metrics at d = 32 and d = 64 were identical). Weighting the penalty like
+    the loss, sum_l w_l (loss_l + l2 ||e[:d_l]||^2), gives every block the same trade-off.
+    """
+    cum = torch.zeros(levels[-1], dtype=torch.float64)
+    for d, wl in zip(levels, weights):
+        cum[:d] += wl
+    return (cum / sum(weights)).float()
 
 
 # --- Multi-interest losses (REMI): interest selection, sampled softmax with IHN, routing
@@ -194,6 +216,38 @@ def matryoshka_sampled_softmax(
         s_pos = (user * pos[:, :d]).sum(dim=-1)
         s_neg = user @ negs[:, :d].T
         total = total + w * sampled_softmax_from_scores(s_pos, s_neg, b, neg_log_q, pos_log_q, hits)
+    return total
+
+
+def matryoshka_softmax(
+    u: torch.Tensor,
+    pos: torch.Tensor,
+    negs: torch.Tensor,
+    levels: tuple[int, ...],
+    weights: tuple[float, ...],
+    hit_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Per-sample `sum_l w_l * CE_l` `[B]`: at level l, the softmax cross-entropy of the positive
+    against negatives shared by the batch, all scored on the first d_l dims.
+
+    u `[B, D]`, pos `[B, D]`, negs `[N, D]`; hit_mask `[B, N]` bool drops negative j from row b
+    (where it is row b's positive). With every item as negatives and the positive masked, this
+    is the exact full softmax over the catalogue. Equals `matryoshka_sampled_softmax` with one
+    interest and beta = 0, but builds the prefix scores incrementally (all levels cost one
+    full-dimension product) and uses the fused cross-entropy kernel: ~15x faster on CPU.
+    """
+    b = u.shape[0]
+    target = torch.zeros(b, dtype=torch.long, device=u.device)  # the positive is column 0
+    total = u.new_zeros(b)
+    s_pos, s_neg, prev = None, None, 0
+    for d, w in zip(levels, weights):
+        p_blk = (u[:, prev:d] * pos[:, prev:d]).sum(dim=1, keepdim=True)  # [B, 1]
+        n_blk = u[:, prev:d] @ negs[:, prev:d].T  # [B, N]
+        s_pos = p_blk if s_pos is None else s_pos + p_blk
+        s_neg = n_blk if s_neg is None else s_neg + n_blk
+        prev = d
+        logits = torch.cat([s_pos, s_neg if hit_mask is None else s_neg.masked_fill(hit_mask, -math.inf)], dim=1)
+        total = total + w * F.cross_entropy(logits, target, reduction="none")
     return total
 
 

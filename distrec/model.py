@@ -1,4 +1,5 @@
-"""The MRL4Rec training task: matrix factorisation over sharded tables, hard negatives, MRL loss.
+"""The MRL4Rec training task: matrix factorisation over sharded tables, hard negatives, MRL loss,
+or a matryoshka softmax over negatives shared by the batch (the whole catalogue when it fits).
 
 `MatryoshkaMF.forward(batch)` is the whole training step's forward, `(loss, stats)`, so it
 runs through DistributedModelParallel's forward (and its DDP wrapper for any dense table).
@@ -23,12 +24,15 @@ class Batch:
 
     users: torch.Tensor  # [B] user ids
     pos: torch.Tensor  # [B] positive item ids
-    cands: torch.Tensor  # [B, G, N] candidate negative ids (see samplers.candidate_shape)
+    cands: torch.Tensor  # [B, G, N] candidate negative ids (see samplers.candidate_shape); [B, 0, 0] for softmax
     global_size: int  # pairs in the global batch, over all ranks
     world_size: int = 1
+    shared: torch.Tensor | None = None  # loss=softmax: [N] negative ids shared by the local batch
 
     def to(self, device: torch.device) -> "Batch":
-        return dataclasses.replace(self, users=self.users.to(device), pos=self.pos.to(device), cands=self.cands.to(device))
+        shared = None if self.shared is None else self.shared.to(device)
+        return dataclasses.replace(self, users=self.users.to(device), pos=self.pos.to(device), cands=self.cands.to(device),
+                                   shared=shared)
 
 
 class MatryoshkaMF(nn.Module):
@@ -40,21 +44,47 @@ class MatryoshkaMF(nn.Module):
         self.loss_kind = train_cfg.loss
         self.sampler = train_cfg.sampler
         self.l2 = train_cfg.l2
+        self.beta = train_cfg.ihn_beta
+        # Per-coordinate L2 weights: uniform, or matched to the level weights (see losses.l2_penalty).
+        self.l2_weights = losses.level_l2_weights(self.levels, self.weights) if train_cfg.l2_per_level else None
 
     def forward(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        b, groups, n = batch.cands.shape
+        b = batch.users.shape[0]
         u = self.tables.users(batch.users)  # [B, D]
-        negs = self.choose_negatives(u.detach(), batch.cands)  # [B, J]
-        # Positives and chosen negatives share one lookup: one all-to-all instead of two.
-        rows = self.tables.items(torch.cat([batch.pos, negs.reshape(-1)]))
-        pos, neg = rows[:b], rows[b:].view(b, negs.shape[1], -1)
-        per_sample = losses.pairwise_loss(u, pos, neg, self.levels, self.weights, self.loss_kind)
-        reg = self.l2 * losses.l2_penalty(u, pos, neg)
+        if self.loss_kind == "softmax":
+            per_sample, regularised = self._softmax(u, batch)
+        else:
+            negs = self.choose_negatives(u.detach(), batch.cands)  # [B, J]
+            # Positives and chosen negatives share one lookup: one all-to-all instead of two.
+            rows = self.tables.items(torch.cat([batch.pos, negs.reshape(-1)]))
+            pos, neg = rows[:b], rows[b:].view(b, negs.shape[1], -1)
+            per_sample = losses.pairwise_loss(u, pos, neg, self.levels, self.weights, self.loss_kind)
+            regularised = (u, pos, neg)
+        reg = self.l2 * losses.l2_penalty(*regularised, weights=self.l2_weights)
         # Gradients are averaged over ranks (DDP, and TorchRec's gradient division for sharded
         # tables), so each rank's share of the global-batch mean is scaled by the world size:
         # exactly the one-process gradient, even when local batches differ in size by one.
         loss = (per_sample.sum() + reg) * batch.world_size / batch.global_size
         return loss, {"loss_sum": per_sample.detach().sum(), "pairs": torch.tensor(float(b))}
+
+    def _softmax(self, u: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """Matryoshka softmax of each positive against the batch's shared negatives, at every
+        level on that level's prefix (with IHN weights when train.ihn_beta > 0). A negative equal
+        to the row's positive is left out, so with the whole catalogue as negatives this is the
+        exact full softmax. L2 covers the users and positives (the rows the batch is about)."""
+        b = u.shape[0]
+        # Distinct ids only: with the whole catalogue every row is looked up once per step.
+        distinct, where = torch.unique(torch.cat([batch.pos, batch.shared]), return_inverse=True)
+        rows = self.tables.items(distinct)
+        pos, negs = rows[where[:b]], rows[where[b:]]
+        hits = batch.shared[None, :] == batch.pos[:, None]  # [B, N]
+        if self.beta > 0:  # interest-aware hard negatives (IHN) weight the sampled negatives
+            per_sample = losses.matryoshka_sampled_softmax(
+                u.unsqueeze(1), pos, negs, self.levels, self.weights, beta=self.beta, pos_id=batch.pos, neg_ids=batch.shared,
+            )
+        else:
+            per_sample = losses.matryoshka_softmax(u, pos, negs, self.levels, self.weights, hits)
+        return per_sample, (u, pos)
 
     def choose_negatives(self, u: torch.Tensor, cands: torch.Tensor) -> torch.Tensor:
         """Candidate ids `[B, G, N]` -> chosen negative ids `[B, J]` (J = 1, or L for MNS)."""

@@ -51,6 +51,14 @@ class CandidateSampler:
         raise RuntimeError(f"could not draw negatives for {len(bad)} candidates in {self.max_rounds} rounds")
 
 
+def shared_negatives(rng: np.random.Generator, num_items: int, num: int) -> np.ndarray:
+    """Negative ids `[N]` shared by a batch: `num` uniform draws with replacement, or every item
+    (in id order) when `num` reaches the catalogue size, which makes the softmax exact."""
+    if num >= num_items:
+        return np.arange(num_items, dtype=np.int64)
+    return rng.integers(0, num_items, size=num, dtype=np.int64)
+
+
 def candidate_shape(sampler: str, num_negs: int, num_levels: int, mns_pool: str) -> tuple[int, int]:
     """(groups, per group) of candidates per sample; MNS 'per_level' draws one block per level."""
     if sampler == "uniform":

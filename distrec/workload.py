@@ -24,7 +24,7 @@ from distrec.data.sequences import SequenceData, history_windows, load_sequences
 from distrec.embeddings import TABLE_SHARDING_FIELDS, Tables, attach_fused_optimizer, dense_optimizers
 from distrec.model import Batch, MatryoshkaMF
 from distrec.multi_interest import MultiInterest, NegativeSampler, interest_encoder, sequence_batches
-from distrec.samplers import CandidateSampler, candidate_shape
+from distrec.samplers import CandidateSampler, candidate_shape, shared_negatives
 
 Csr = tuple[np.ndarray, np.ndarray]
 
@@ -80,6 +80,10 @@ def mrl4rec_workload(cfg: Config, env: parallel.DistEnv, data: InteractionData) 
     csr = {split: data.csr(split) for split in ("train", "valid", "test")}
     sampler = CandidateSampler(data.train_users, data.train_items, data.num_items)
     shape = candidate_shape(cfg.train.sampler, cfg.train.num_negs, len(cfg.model.levels), cfg.train.mns_pool)
+    softmax = cfg.train.loss == "softmax"
+
+    def num_shared(local_batch: int) -> int:
+        return cfg.train.num_sampled or 10 * local_batch
 
     def build():
         tables = Tables(data.num_users, data.num_items, cfg.model)
@@ -90,9 +94,13 @@ def mrl4rec_workload(cfg: Config, env: parallel.DistEnv, data: InteractionData) 
         n = len(data.train_users)
         for idx, global_size in epoch_batches(n, cfg.train.batch_size, cfg.train.seed, epoch, env.rank, env.world_size):
             users = data.train_users[idx]
+            if softmax:
+                cands, shared = np.zeros((len(idx), 0, 0), np.int64), shared_negatives(rng, data.num_items, num_shared(len(idx)))
+            else:
+                cands, shared = sampler.draw(rng, users, shape), None
             yield Batch(
-                users=torch.as_tensor(users), pos=torch.as_tensor(data.train_items[idx]),
-                cands=torch.as_tensor(sampler.draw(rng, users, shape)), global_size=global_size, world_size=env.world_size,
+                users=torch.as_tensor(users), pos=torch.as_tensor(data.train_items[idx]), cands=torch.as_tensor(cands),
+                global_size=global_size, world_size=env.world_size, shared=None if shared is None else torch.as_tensor(shared),
             ).to(env.device)
 
     return Workload(

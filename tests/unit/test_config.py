@@ -61,8 +61,9 @@ def test_resolved_config_round_trips(tmp_path):
 
 
 def test_tasks_and_losses_must_match():
-    with pytest.raises(config.ConfigError, match="train.loss=softmax goes with model.task=multi_interest"):
+    with pytest.raises(config.ConfigError, match="model.task=multi_interest trains with train.loss=softmax"):
         config.load(None, ["model.task=multi_interest"])
+    assert config.load(None, ["train.loss=softmax"]).train.loss == "softmax"  # MF with a softmax is fine
     with pytest.raises(config.ConfigError, match="data.format must be log"):
         config.load(None, ["model.task=multi_interest", "train.loss=softmax"])
     with pytest.raises(config.ConfigError, match="data.sequence.split"):
