@@ -176,6 +176,9 @@ class TrainConfig:
     # Weight each coordinate's L2 like the levels that use it (losses.level_l2_weights); false
     # is the uniform L2 of the MRL4Rec reference code, which starves the last block.
     l2_per_level: bool = True
+    # Weight of the whole-catalogue term (losses.gramian_penalty, as in iALS): the mean squared
+    # score over every item, at every level. Looks the whole item table up every step (0 = off).
+    gramian: float = 0.0
     seed: int = 2022
     # After early stopping, train a fresh model on train + validation for the selected number
     # of epochs and test that one (the validation split then only picks the epoch count).
@@ -209,6 +212,8 @@ class TrainConfig:
             raise ConfigError(f"train.lr must be positive, got {self.lr}")
         if self.l2 < 0:
             raise ConfigError(f"train.l2 must be >= 0, got {self.l2}")
+        if not self.gramian >= 0:  # also refuses nan
+            raise ConfigError(f"train.gramian must be >= 0, got {self.gramian}")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -28,6 +28,7 @@ class Batch:
     global_size: int  # pairs in the global batch, over all ranks
     world_size: int = 1
     shared: torch.Tensor | None = None  # loss=softmax: [N] negative ids shared by the local batch
+    catalogue: bool = False  # loss=softmax: `shared` is every item in id order (exact full softmax)
 
     def to(self, device: torch.device) -> "Batch":
         shared = None if self.shared is None else self.shared.to(device)
@@ -45,6 +46,7 @@ class MatryoshkaMF(nn.Module):
         self.sampler = train_cfg.sampler
         self.l2 = train_cfg.l2
         self.beta = train_cfg.ihn_beta
+        self.gramian = train_cfg.gramian
         # Per-coordinate L2 weights: uniform, or matched to the level weights (see losses.l2_penalty).
         self.l2_weights = losses.level_l2_weights(self.levels, self.weights) if train_cfg.l2_per_level else None
 
@@ -60,6 +62,9 @@ class MatryoshkaMF(nn.Module):
             pos, neg = rows[:b], rows[b:].view(b, negs.shape[1], -1)
             per_sample = losses.pairwise_loss(u, pos, neg, self.levels, self.weights, self.loss_kind)
             regularised = (u, pos, neg)
+        if self.gramian > 0:
+            every_item = self.tables.items(torch.arange(self.tables.num_items, device=u.device))
+            per_sample = per_sample + self.gramian * losses.gramian_penalty(u, every_item, self.levels, self.weights)
         reg = self.l2 * losses.l2_penalty(*regularised, weights=self.l2_weights)
         # Gradients are averaged over ranks (DDP, and TorchRec's gradient division for sharded
         # tables), so each rank's share of the global-batch mean is scaled by the world size:
@@ -73,7 +78,11 @@ class MatryoshkaMF(nn.Module):
         to the row's positive is left out, so with the whole catalogue as negatives this is the
         exact full softmax. L2 covers the users and positives (the rows the batch is about)."""
         b = u.shape[0]
-        # Distinct ids only: with the whole catalogue every row is looked up once per step.
+        if batch.catalogue:  # every row once; the positives are among them
+            negs = self.tables.items(batch.shared)
+            per_sample = losses.matryoshka_softmax(u, None, negs, self.levels, self.weights, pos_index=batch.pos)
+            return per_sample, (u, negs[batch.pos])
+        # Distinct ids only: positives and negatives overlap, and draws repeat.
         distinct, where = torch.unique(torch.cat([batch.pos, batch.shared]), return_inverse=True)
         rows = self.tables.items(distinct)
         pos, negs = rows[where[:b]], rows[where[b:]]

@@ -101,6 +101,7 @@ def mrl4rec_workload(cfg: Config, env: parallel.DistEnv, data: InteractionData) 
             yield Batch(
                 users=torch.as_tensor(users), pos=torch.as_tensor(data.train_items[idx]), cands=torch.as_tensor(cands),
                 global_size=global_size, world_size=env.world_size, shared=None if shared is None else torch.as_tensor(shared),
+                catalogue=shared is not None and len(shared) == data.num_items and num_shared(len(idx)) >= data.num_items,
             ).to(env.device)
 
     return Workload(

@@ -1,4 +1,7 @@
-"""Wall time from launch until test Recall@20 (full dimension) first reaches a target.
+"""Wall time from launch until validation or test Recall@20 (full dimension) first reaches a target.
+
+`--split valid` (no test metrics needed) compares with a peer's validation value, e.g. ALS's
+from docs/peers/*.json: the time distrec needs to reach the peer's quality on the same split.
 
 Launches `distrec.train` on `--nproc` processes through `distrec.runner.launch` with
 `eval.track_test=true` (test metrics logged at every evaluation for this measurement only;
@@ -7,6 +10,7 @@ before the launcher starts, so process start-up, data ingest, planning and every
 included. `--stop` ends the run once the target is reached instead of letting it finish.
 
     .venv/bin/python scripts/time_to_quality.py --nproc 2 --target 0.1286 -- train.epochs=40
+    .venv/bin/python scripts/time_to_quality.py --split valid --target 0.1491 --stop
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ def main() -> None:
     p.add_argument("--nproc", type=int, default=2)
     p.add_argument("--target", type=float, default=0.1286)
     p.add_argument("--metric", default="recall@20")
+    p.add_argument("--split", choices=("valid", "test"), default="test", help="whose metric must reach the target")
     p.add_argument("--run-dir", default="runs/time_to_quality")
     p.add_argument("--out", default=None, help="write the result as JSON here")
     p.add_argument("--stop", action="store_true", help="stop the run as soon as the target is reached")
@@ -35,21 +40,22 @@ def main() -> None:
 
     def watch(record: dict[str, Any]) -> bool:
         nonlocal reached
-        if reached is not None or "test" not in record:
+        if reached is not None or args.split not in record:
             return False
-        dim = max(record["test"], key=int)
-        value = record["test"][dim][args.metric]
+        dim = max(record[args.split], key=int)
+        value = record[args.split][dim][args.metric]
         if value >= args.target:
             reached = {"seconds": time.perf_counter() - t0, "epoch": record["epoch"], "value": value,
-                       "ndcg@20": record["test"][dim].get("ndcg@20")}
-            print(f"reached test {args.metric} {value:.4f} >= {args.target} at epoch {record['epoch']}, "
+                       "ndcg@20": record[args.split][dim].get("ndcg@20")}
+            print(f"reached {args.split} {args.metric} {value:.4f} >= {args.target} at epoch {record['epoch']}, "
                   f"{reached['seconds']:.1f} s after launch", flush=True)
             return args.stop
         return False
 
     t0 = time.perf_counter()
-    run = launch(args.config, ["eval.track_test=true", *args.overrides], args.nproc, args.run_dir, on_metrics=watch)
-    result = {"cmd": " ".join(run.command[1:]), "target": args.target, "reached": reached,
+    tracking = ["eval.track_test=true"] if args.split == "test" else []
+    run = launch(args.config, [*tracking, *args.overrides], args.nproc, args.run_dir, on_metrics=watch)
+    result = {"cmd": " ".join(run.command[1:]), "split": args.split, "target": args.target, "reached": reached,
               "total_seconds": run.wall_seconds, "returncode": run.returncode}
     print(json.dumps(result, indent=2))
     if args.out:

@@ -47,6 +47,7 @@ def test_whole_catalogue_is_the_exact_full_softmax():
     ids = torch.as_tensor(shared_negatives(np.random.default_rng(0), 20, 10**6))
     assert torch.equal(ids, torch.arange(20))  # asking for more than the catalogue gives every item once
     got = losses.matryoshka_softmax(u, items[pos_id], items[ids], LEVELS, WEIGHTS, ids[None, :] == pos_id[:, None])
+    torch.testing.assert_close(got, losses.matryoshka_softmax(u, None, items, LEVELS, WEIGHTS, pos_index=pos_id), rtol=1e-5, atol=1e-5)
     want = sum(w * F.cross_entropy(u[:, :d] @ items[:, :d].T, pos_id, reduction="none") for d, w in zip(LEVELS, WEIGHTS))
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
@@ -66,3 +67,14 @@ def test_level_l2_weights_match_the_levels_that_use_each_coordinate():
     brute = sum(wl * (x[:, :d].pow(2).sum() + y[:, :d].pow(2).sum()) for d, wl in zip(LEVELS, WEIGHTS)) / 2 / sum(WEIGHTS)
     assert losses.l2_penalty(x, y, weights=w).item() == pytest.approx(brute.item(), rel=1e-6)
     assert losses.l2_penalty(x, y).item() == pytest.approx((x.pow(2).sum() + y.pow(2).sum()).item() / 2, rel=1e-6)
+
+
+def test_gramian_term_is_the_explicit_sum_over_all_items_at_every_level():
+    g = torch.Generator().manual_seed(3)
+    u, items = torch.randn(4, 8, generator=g), torch.randn(30, 8, generator=g)
+    got = losses.gramian_penalty(u, items, LEVELS, WEIGHTS)
+    brute = torch.tensor([
+        sum(w * sum(float(u[b, :d] @ items[i, :d]) ** 2 for i in range(30)) / 30 for d, w in zip(LEVELS, WEIGHTS))
+        for b in range(4)
+    ])
+    torch.testing.assert_close(got, brute, rtol=1e-5, atol=1e-5)
