@@ -67,6 +67,9 @@ def rank_body(overrides: list[str], weights, csr, batch_arrays):
         users, pos, cands = batch_arrays
         mine = np.array_split(np.arange(len(users)), env.world_size)[env.rank]
         batch = Batch(torch.as_tensor(users[mine]), torch.as_tensor(pos[mine]), torch.as_tensor(cands[mine]), len(users), env.world_size)
+        if cfg.train.loss == "softmax":  # every item is a negative: the exact full softmax
+            batch = Batch(batch.users, batch.pos, batch.cands[:, :0, :0], len(users), env.world_size,
+                          shared=torch.arange(NUM_ITEMS), catalogue=True)
         loss, _ = model(batch)
         loss.backward()
         for opt in dense_opt:
@@ -80,17 +83,28 @@ def rank_body(overrides: list[str], weights, csr, batch_arrays):
         parallel.shutdown()
 
 
-def reference_sgd_step(weights, batch_arrays):
-    """Plain torch: MNS selection, MRL loss averaged over the batch, L2, one SGD step."""
+def reference_sgd_step(weights, batch_arrays, loss_kind="mrl", gramian=0.0):
+    """Plain torch: MNS selection and MRL loss (or the full softmax over all items), the Gramian
+    term over all items, per-level L2, averaged over the batch, one SGD step."""
     users, pos, cands = (torch.as_tensor(x) for x in batch_arrays)
     wu = weights["user"].clone().requires_grad_(True)
     wi = weights["item"].clone().requires_grad_(True)
     u = wu[users]
-    pick = samplers.select_hardest(u.detach(), wi.detach(), cands, LEVELS, "mns")  # rows = the whole table
-    neg_ids = cands[torch.arange(len(users))[:, None], torch.arange(len(LEVELS))[None, :], pick]
-    p, n = wi[pos], wi[neg_ids]
     w = tuple(1.0 / len(LEVELS) for _ in LEVELS)
-    loss = (losses.pairwise_loss(u, p, n, LEVELS, w, "mrl").sum() + 1e-4 * losses.l2_penalty(u, p, n)) / len(users)
+    l2_weights = losses.level_l2_weights(LEVELS, w)
+    if loss_kind == "softmax":
+        p = wi[pos]
+        per_sample = sum(wl * torch.nn.functional.cross_entropy(u[:, :d] @ wi[:, :d].T, pos, reduction="none")
+                         for d, wl in zip(LEVELS, w))
+        reg = losses.l2_penalty(u, p, weights=l2_weights)
+    else:
+        pick = samplers.select_hardest(u.detach(), wi.detach(), cands, LEVELS, "mns")  # rows = the whole table
+        neg_ids = cands[torch.arange(len(users))[:, None], torch.arange(len(LEVELS))[None, :], pick]
+        p, n = wi[pos], wi[neg_ids]
+        per_sample = losses.pairwise_loss(u, p, n, LEVELS, w, "mrl")
+        reg = losses.l2_penalty(u, p, n, weights=l2_weights)
+    per_sample = per_sample + gramian * losses.gramian_penalty(u, wi, LEVELS, w)
+    loss = (per_sample.sum() + 1e-4 * reg) / len(users)
     loss.backward()
     return {"user": (wu - LR * wu.grad).detach(), "item": (wi - LR * wi.grad).detach()}
 
@@ -116,10 +130,15 @@ SHARDINGS = [
 ]
 
 
-@pytest.mark.parametrize("sharding", SHARDINGS, ids=["table_wise", "row_wise", "column_wise+data_parallel"])
-def test_two_ranks_equal_one_process_and_plain_torch(sharding, tmp_path):
+# (sharding, loss, Gramian weight): every sharding with the MRL loss and the whole-catalogue term;
+# the full softmax on one sharding (its lookups are the same as the Gramian's).
+CASES = [(SHARDINGS[0], "mrl", 0.5), (SHARDINGS[1], "mrl", 0.5), (SHARDINGS[2], "mrl", 0.0), (SHARDINGS[0], "softmax", 0.0)]
+
+
+@pytest.mark.parametrize("sharding,loss_kind,gramian", CASES, ids=["table_wise", "row_wise", "column_wise+data_parallel", "softmax"])
+def test_two_ranks_equal_one_process_and_plain_torch(sharding, loss_kind, gramian, tmp_path):
     weights, csr, batch = make_problem()
-    overrides = [*sharding, "train.optimizer=sgd"]
+    overrides = [*sharding, "train.optimizer=sgd", f"train.loss={loss_kind}", f"train.gramian={gramian}"]
     one = run_ranks(rank_body, 1, tmp_path, overrides, weights, csr, batch)[0]
     two = run_ranks(rank_body, 2, tmp_path, overrides, weights, csr, batch)
     # Both ranks agree, and agree with one process and with a brute-force evaluation.
@@ -129,7 +148,7 @@ def test_two_ranks_equal_one_process_and_plain_torch(sharding, tmp_path):
     assert_metrics_equal(one["valid"], brute_metrics(weights, csr, "valid", ["train"]))
     assert_metrics_equal(one["test"], brute_metrics(weights, csr, "test", ["train", "valid"]))
     # One SGD step on the same global batch: same tables on 1 and 2 ranks, equal to plain torch.
-    ref = reference_sgd_step(weights, batch)
+    ref = reference_sgd_step(weights, batch, loss_kind, gramian)
     for name in ("user", "item"):
         assert not torch.allclose(ref[name], weights[name])  # the step really moved something
         torch.testing.assert_close(one["tables"][name], ref[name], atol=1e-6, rtol=1e-5)
