@@ -177,7 +177,8 @@ class TrainConfig:
     # is the uniform L2 of the MRL4Rec reference code, which starves the last block.
     l2_per_level: bool = True
     # Weight of the whole-catalogue term (losses.gramian_penalty, as in iALS): the mean squared
-    # score over every item, at every level. Looks the whole item table up every step (0 = off).
+    # score over every item, at every level, once per user per epoch (each of a user's pairs
+    # carries 1 / its pair count). Looks the whole item table up every step (0 = off).
     gramian: float = 0.0
     seed: int = 2022
     # After early stopping, train a fresh model on train + validation for the selected number

@@ -29,11 +29,11 @@ class Batch:
     world_size: int = 1
     shared: torch.Tensor | None = None  # loss=softmax: [N] negative ids shared by the local batch
     catalogue: bool = False  # loss=softmax: `shared` is every item in id order (exact full softmax)
+    user_scale: torch.Tensor | None = None  # [B] 1 / the user's training pairs (Gramian term), None = 1
 
     def to(self, device: torch.device) -> "Batch":
-        shared = None if self.shared is None else self.shared.to(device)
-        return dataclasses.replace(self, users=self.users.to(device), pos=self.pos.to(device), cands=self.cands.to(device),
-                                   shared=shared)
+        moved = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return dataclasses.replace(self, **{k: v.to(device) for k, v in moved.items() if isinstance(v, torch.Tensor)})
 
 
 class MatryoshkaMF(nn.Module):
@@ -64,7 +64,12 @@ class MatryoshkaMF(nn.Module):
             regularised = (u, pos, neg)
         if self.gramian > 0:
             every_item = self.tables.items(torch.arange(self.tables.num_items, device=u.device))
-            per_sample = per_sample + self.gramian * losses.gramian_penalty(u, every_item, self.levels, self.weights)
+            gram = losses.gramian_penalty(u, every_item, self.levels, self.weights)
+            # Scaled by 1 / the user's pair count, each user's term counts once per epoch (as
+            # in iALS), not once per pair: otherwise dense users would be pushed to 0 hardest.
+            if batch.user_scale is not None:
+                gram = gram * batch.user_scale
+            per_sample = per_sample + self.gramian * gram
         reg = self.l2 * losses.l2_penalty(*regularised, weights=self.l2_weights)
         # Gradients are averaged over ranks (DDP, and TorchRec's gradient division for sharded
         # tables), so each rank's share of the global-batch mean is scaled by the world size:

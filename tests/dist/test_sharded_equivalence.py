@@ -67,6 +67,8 @@ def rank_body(overrides: list[str], weights, csr, batch_arrays):
         users, pos, cands = batch_arrays
         mine = np.array_split(np.arange(len(users)), env.world_size)[env.rank]
         batch = Batch(torch.as_tensor(users[mine]), torch.as_tensor(pos[mine]), torch.as_tensor(cands[mine]), len(users), env.world_size)
+        if cfg.train.gramian:  # each pair's whole-catalogue term scaled per user (1 / pair count in training)
+            batch.user_scale = torch.as_tensor(user_scale(users[mine]))
         if cfg.train.loss == "softmax":  # every item is a negative: the exact full softmax
             batch = Batch(batch.users, batch.pos, batch.cands[:, :0, :0], len(users), env.world_size,
                           shared=torch.arange(NUM_ITEMS), catalogue=True)
@@ -81,6 +83,10 @@ def rank_body(overrides: list[str], weights, csr, batch_arrays):
         return {"valid": valid, "test": test, "tables": after, "plan": str(model.plan)}
     finally:
         parallel.shutdown()
+
+
+def user_scale(users: np.ndarray) -> np.ndarray:
+    return (1.0 / (1 + users % 3)).astype(np.float32)
 
 
 def reference_sgd_step(weights, batch_arrays, loss_kind="mrl", gramian=0.0):
@@ -103,7 +109,8 @@ def reference_sgd_step(weights, batch_arrays, loss_kind="mrl", gramian=0.0):
         p, n = wi[pos], wi[neg_ids]
         per_sample = losses.pairwise_loss(u, p, n, LEVELS, w, "mrl")
         reg = losses.l2_penalty(u, p, n, weights=l2_weights)
-    per_sample = per_sample + gramian * losses.gramian_penalty(u, wi, LEVELS, w)
+    scale = torch.as_tensor(user_scale(users.numpy()))
+    per_sample = per_sample + gramian * scale * losses.gramian_penalty(u, wi, LEVELS, w)
     loss = (per_sample.sum() + 1e-4 * reg) / len(users)
     loss.backward()
     return {"user": (wu - LR * wu.grad).detach(), "item": (wi - LR * wi.grad).detach()}
