@@ -11,7 +11,11 @@ from distrec.search_space import SpaceError
 
 ROOT = Path(__file__).resolve().parents[2]
 # Each shipped space and the config it is meant for.
-SPACES = {"mf.yaml": "configs/mrl4rec_phones.yaml", "remi.yaml": "configs/remi_video.yaml"}
+SPACES = {
+    "mf.yaml": "configs/mrl4rec_phones.yaml",
+    "mf_softmax.yaml": "configs/mrl4rec_ml100k.yaml",
+    "remi.yaml": "configs/remi_video.yaml",
+}
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "configs" / "search").glob("*.yaml")))
