@@ -48,7 +48,9 @@ class InteractionData:
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
-            if isinstance(value, np.ndarray) or field.name.endswith(("_users", "_items", "_raw")):
+            if field.name.startswith("num_"):  # counts stay Python ints (a 0-d array breaks json.dump)
+                object.__setattr__(self, field.name, int(value))
+            elif isinstance(value, np.ndarray) or field.name.endswith(("_users", "_items", "_raw")):
                 array = np.array(value, dtype=np.int64, copy=True)  # our own copy, so freezing it hurts no caller
                 array.flags.writeable = False
                 object.__setattr__(self, field.name, array)

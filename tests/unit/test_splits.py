@@ -196,3 +196,15 @@ def test_merge_valid_into_train_keeps_every_pair_once():
     assert len(data.valid_users) > 0 and len(merged.valid_users) == 0
     assert after == sorted(before)
     assert np.array_equal(merged.test_users, data.test_users)
+
+
+
+def test_counts_are_python_ints():
+    import json
+
+    from distrec import config
+    from distrec.data import load_dataset
+
+    data = load_dataset(config.load(None, ["data.synthetic.preset=tiny"]).data)
+    assert type(data.num_users) is int and type(data.num_items) is int
+    json.dumps({"users": data.num_users, "items": data.num_items})  # a 0-d numpy array would raise here
