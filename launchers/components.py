@@ -8,8 +8,8 @@
 The scheduler is picked by `-s` and `.torchxconfig`, never by the training code.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: torchx decodes command-line arguments from the
+# real type hints of the component, and strings would make every option fail to decode.
 from torchx import specs
 from torchx.components import dist
 

@@ -62,3 +62,14 @@ def test_launcher_component_builds_a_torchrun_command():
     assert "-m distrec.train" in cmd and "--config configs/mrl4rec_phones.yaml" in cmd and "train.epochs=3" in cmd
     assert "--nproc_per_node 4" in cmd or "--nproc_per_node=4" in cmd
     assert shutil.which("torchx", path=str(BIN)) is not None
+
+
+def test_launcher_component_from_the_torchx_command_line():
+    # torchx decodes each option from the component's type hints; a dry run shows the command.
+    out = subprocess.run(
+        [str(BIN / "torchx"), "run", "-s", "local_cwd", "--dryrun", "launchers/components.py:train",
+         "--nproc_per_node", "2", "--config", "configs/mrl4rec_phones.yaml", "--", "train.epochs=1"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "distrec.train" in out.stdout and "configs/mrl4rec_phones.yaml" in out.stdout and "train.epochs=1" in out.stdout
