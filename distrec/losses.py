@@ -236,7 +236,7 @@ def matryoshka_sampled_softmax(
 
 def matryoshka_softmax(
     u: torch.Tensor,
-    pos: torch.Tensor,
+    pos: torch.Tensor | None,
     negs: torch.Tensor,
     levels: tuple[int, ...],
     weights: tuple[float, ...],

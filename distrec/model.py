@@ -47,7 +47,7 @@ class MatryoshkaMF(nn.Module):
         self.l2 = train_cfg.l2
         self.beta = train_cfg.ihn_beta
         self.gramian = train_cfg.gramian
-        # Per-coordinate L2 weights: uniform, or matched to the level weights (see losses.l2_penalty).
+        # Per-coordinate L2 weights: uniform, or matched to the level weights (losses.level_l2_weights).
         self.l2_weights = losses.level_l2_weights(self.levels, self.weights) if train_cfg.l2_per_level else None
 
     def forward(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -91,12 +91,12 @@ class MatryoshkaMF(nn.Module):
         distinct, where = torch.unique(torch.cat([batch.pos, batch.shared]), return_inverse=True)
         rows = self.tables.items(distinct)
         pos, negs = rows[where[:b]], rows[where[b:]]
-        hits = batch.shared[None, :] == batch.pos[:, None]  # [B, N]
         if self.beta > 0:  # interest-aware hard negatives (IHN) weight the sampled negatives
             per_sample = losses.matryoshka_sampled_softmax(
                 u.unsqueeze(1), pos, negs, self.levels, self.weights, beta=self.beta, pos_id=batch.pos, neg_ids=batch.shared,
             )
         else:
+            hits = batch.shared[None, :] == batch.pos[:, None]  # [B, N]
             per_sample = losses.matryoshka_softmax(u, pos, negs, self.levels, self.weights, hits)
         return per_sample, (u, pos)
 

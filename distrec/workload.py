@@ -81,7 +81,6 @@ def mrl4rec_workload(cfg: Config, env: parallel.DistEnv, data: InteractionData) 
     sampler = CandidateSampler(data.train_users, data.train_items, data.num_items)
     shape = candidate_shape(cfg.train.sampler, cfg.train.num_negs, len(cfg.model.levels), cfg.train.mns_pool)
     softmax = cfg.train.loss == "softmax"
-
     pairs_per_user = np.bincount(data.train_users, minlength=data.num_users).clip(min=1)
 
     def num_shared(local_batch: int) -> int:
@@ -103,7 +102,7 @@ def mrl4rec_workload(cfg: Config, env: parallel.DistEnv, data: InteractionData) 
             yield Batch(
                 users=torch.as_tensor(users), pos=torch.as_tensor(data.train_items[idx]), cands=torch.as_tensor(cands),
                 global_size=global_size, world_size=env.world_size, shared=None if shared is None else torch.as_tensor(shared),
-                catalogue=shared is not None and len(shared) == data.num_items and num_shared(len(idx)) >= data.num_items,
+                catalogue=softmax and num_shared(len(idx)) >= data.num_items,  # shared_negatives gave every item
                 user_scale=torch.as_tensor(1.0 / pairs_per_user[users], dtype=torch.float32) if cfg.train.gramian else None,
             ).to(env.device)
 
