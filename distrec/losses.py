@@ -78,7 +78,7 @@ def l2_penalty(*tables: torch.Tensor, weights: torch.Tensor | None = None) -> to
     """
     if weights is None:
         return sum(t.pow(2).sum() for t in tables) / 2
-    return sum((t.pow(2) * weights.to(t.dtype)).sum() for t in tables) / 2
+    return sum((t.pow(2) * weights.to(t.device, t.dtype)).sum() for t in tables) / 2
 
 
 def level_l2_weights(levels: tuple[int, ...], weights: tuple[float, ...]) -> torch.Tensor:

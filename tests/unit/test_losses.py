@@ -71,3 +71,15 @@ def test_loss_gradient_matches_autograd_of_direct_formula():
     ).sum()
     (grad2,) = torch.autograd.grad(direct, u2)
     torch.testing.assert_close(grad, grad2)
+
+
+def test_l2_weights_follow_the_embeddings_device():
+    # The model keeps its per-coordinate weights on the CPU; on a GPU the embeddings are on
+    # cuda, which once failed the first training step (seen on an H200, 2026-11-27). The meta
+    # device stands in for cuda here: mixing it with a CPU tensor fails the same way.
+    weights = losses.level_l2_weights((2, 4), (1.0, 1.0))
+    emb = torch.ones(3, 4, device="meta")
+    assert losses.l2_penalty(emb, weights=weights).device.type == "meta"
+    cpu = torch.ones(3, 4)
+    assert losses.l2_penalty(cpu, weights=weights).item() == pytest.approx(
+        (cpu.pow(2) * weights).sum().item() / 2)
