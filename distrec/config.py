@@ -128,10 +128,21 @@ class ModelConfig:
     router: str = "self_attentive"  # multi_interest: self_attentive (ComiRec-SA) or capsule (MIND-style)
     hidden_factor: int = 4  # self_attentive: attention hidden size = hidden_factor * dim
     positional: bool = True  # self_attentive: learnable positions added to the attention input
+    num_blocks: int = 2  # sasrec: self-attention blocks
+    num_heads: int = 1  # sasrec: attention heads (must divide model.dim)
+    dropout: float = 0.2  # sasrec: on the input, attention weights and feed-forward outputs
 
     def __post_init__(self) -> None:
         _check_choice("model.task", self.task, ("mrl4rec", "multi_interest"))
-        _check_choice("model.router", self.router, ("self_attentive", "capsule"))
+        _check_choice("model.router", self.router, ("self_attentive", "capsule", "sasrec"))
+        if self.router == "sasrec":
+            if self.num_interests != 1:
+                raise ConfigError(f"model.router=sasrec gives one vector per user: set model.num_interests=1, got {self.num_interests}")
+            if self.num_blocks < 1 or self.num_heads < 1 or self.dim % self.num_heads:
+                raise ConfigError(f"model.num_blocks must be >= 1 and model.num_heads >= 1 dividing model.dim={self.dim}, "
+                                  f"got {self.num_blocks} and {self.num_heads}")
+            if not 0.0 <= self.dropout < 1.0:
+                raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
         if self.num_interests <= 0:
             raise ConfigError(f"model.num_interests must be positive, got {self.num_interests}")
         if self.dim <= 0:

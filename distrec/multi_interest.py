@@ -22,7 +22,7 @@ from distrec.config import Config, ModelConfig, TrainConfig
 from distrec.data.batches import epoch_batches
 from distrec.data.sequences import SequenceData, history_windows
 from distrec.embeddings import Tables, lookup_padded
-from distrec.towers import CapsuleRouter, SelfAttentiveRouter
+from distrec.towers import CapsuleRouter, SASRecEncoder, SelfAttentiveRouter
 
 
 @dataclasses.dataclass
@@ -51,6 +51,8 @@ class MultiInterest(nn.Module):
         self.tables = tables
         if model_cfg.router == "self_attentive":
             self.router = SelfAttentiveRouter(model_cfg.dim, model_cfg.num_interests, model_cfg.hidden_factor, max_len, model_cfg.positional)
+        elif model_cfg.router == "sasrec":
+            self.router = SASRecEncoder(model_cfg.dim, max_len, model_cfg.num_blocks, model_cfg.num_heads, model_cfg.dropout)
         else:
             self.router = CapsuleRouter(model_cfg.dim, model_cfg.num_interests, max_len)
         self.levels = tuple(model_cfg.levels)
@@ -118,10 +120,13 @@ def sequence_batches(
     for idx, global_size in epoch_batches(len(users), cfg.train.batch_size, cfg.train.seed, epoch, env.rank, env.world_size):
         hist, mask = history_windows(data, users[idx], positions[idx], cfg.data.sequence.max_len)
         num = cfg.train.num_sampled or 10 * len(idx)
-        negs, log_q = sampler.draw(rng, num)
+        catalogue = num >= data.num_items
+        # Asked for at least the catalogue: every item once, and with the batch's positives
+        # removed as accidental hits the sampled softmax is the exact full softmax.
+        negs, log_q = (np.arange(data.num_items), None) if catalogue else sampler.draw(rng, num)
         negs = torch.as_tensor(negs)
         log_q = torch.as_tensor(log_q, dtype=torch.float32) if log_q is not None else None
-        if cfg.train.gather_negatives and env.world_size > 1:
+        if cfg.train.gather_negatives and env.world_size > 1 and not catalogue:
             # Every rank's negatives for every rank: ids travel, rows are looked up (with
             # gradients) through the sharded table like any other id.
             negs = parallel.all_gather_rows(negs.to(env.device), env, num * env.world_size).cpu()

@@ -1,7 +1,7 @@
 """Dense towers: multi-interest routers that turn a behaviour sequence into K interest vectors.
 
 `SelfAttentiveRouter` is ComiRec-SA as REMI trains it; `CapsuleRouter` is MIND-style dynamic
-routing. Both map item embeddings `h [B, L, D]` and a padding mask `[B, L]` (True = real item)
+routing; `SASRecEncoder` is the one-interest sequential peer (SASRec). All map item embeddings `h [B, L, D]` and a padding mask `[B, L]` (True = real item)
 to `(interests [B, K, D], attn [B, K, L])`, where `attn` is the item-to-interest routing matrix
 that routing regularisation (`losses.routing_regularization`) acts on.
 
@@ -156,3 +156,62 @@ class CapsuleRouter(nn.Module):
             b = b + v @ u_iter.transpose(1, 2)
         c = _masked_softmax(b, mask)
         return squash(c @ u_hat), c
+
+
+class SASRecEncoder(nn.Module):
+    """SASRec (Kang & McAuley, ICDM 2018) as a one-interest router: the peer that teams try
+    first for next-item retrieval, in the same seam as the multi-interest routers.
+
+    Item embeddings plus learnable positions, dropout, then `num_blocks` blocks of causal
+    self-attention and a point-wise feed-forward net, laid out as the reference PyTorch port
+    (pmixer/SASRec.pytorch): `Q = LN(x)`, `x = Q + MHA(Q, x, x)`, `x = x + FFN(LN(x))`, padded
+    positions zeroed after every block, a last LayerNorm. The user's vector is the output at
+    the last real position, `interests [B, 1, D]`; `attn [B, 1, L]` is the last block's
+    attention from that position (head mean), which the routing diagnostics read. One change
+    from the port: the feed-forward residual adds to the block's input rather than to its
+    normalised input (the usual pre-norm block).
+
+    Windows are left-aligned (`history_windows`' default: real items first, padding after), so
+    causal attention never lets a real position see padding, and every query has at least
+    column 0 to attend to. Matryoshka: the output mixes dimensions, so `interests[..., :d]` is
+    the prefix of the full vector, as for `CapsuleRouter`.
+    """
+
+    def __init__(self, dim: int, max_len: int = 20, num_blocks: int = 2, num_heads: int = 1, dropout: float = 0.2) -> None:
+        super().__init__()
+        if num_blocks < 1 or num_heads < 1 or dim % num_heads:
+            raise ValueError(f"need num_blocks >= 1 and num_heads >= 1 dividing dim={dim}")
+        self.dim = dim
+        self.num_interests = 1
+        self.max_len = max_len
+        self.pos_emb = nn.Parameter(torch.empty(max_len, dim))
+        self.drop = nn.Dropout(dropout)
+        self.attn_norms = nn.ModuleList(nn.LayerNorm(dim, eps=1e-8) for _ in range(num_blocks))
+        self.attns = nn.ModuleList(nn.MultiheadAttention(dim, num_heads, dropout=dropout, batch_first=True) for _ in range(num_blocks))
+        self.ffn_norms = nn.ModuleList(nn.LayerNorm(dim, eps=1e-8) for _ in range(num_blocks))
+        self.ffns = nn.ModuleList(
+            nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Dropout(dropout), nn.Linear(dim, dim), nn.Dropout(dropout))
+            for _ in range(num_blocks)
+        )
+        self.last_norm = nn.LayerNorm(dim, eps=1e-8)
+        nn.init.normal_(self.pos_emb, std=dim**-0.5)
+
+    def forward(self, h: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`h [B, L, D]`, `mask [B, L]` (left-aligned) -> `(interests [B, 1, D], attn [B, 1, L])`."""
+        batch, seq_len, _ = h.shape
+        if seq_len > self.max_len:
+            raise ValueError(f"sequence length {seq_len} exceeds the encoder's max_len={self.max_len}")
+        keep = mask.bool()[..., None]
+        causal = torch.triu(torch.ones(seq_len, seq_len, dtype=torch.bool, device=h.device), diagonal=1)
+        x = self.drop(h.masked_fill(~keep, 0.0) + self.pos_emb[:seq_len]).masked_fill(~keep, 0.0)
+        weights = None
+        for attn_norm, attn, ffn_norm, ffn in zip(self.attn_norms, self.attns, self.ffn_norms, self.ffns):
+            q = attn_norm(x)
+            out, weights = attn(q, x, x, attn_mask=causal, need_weights=True, average_attn_weights=True)
+            x = q + out
+            x = x + ffn(ffn_norm(x))
+            x = x.masked_fill(~keep, 0.0)
+        x = self.last_norm(x)
+        last = mask.sum(dim=1).clamp(min=1) - 1  # [B] column of the most recent real item
+        rows = torch.arange(batch, device=h.device)
+        return x[rows, last][:, None, :], weights[rows, last][:, None, :]

@@ -52,6 +52,7 @@ class Workload:
 
     def evaluate(self, model: nn.Module, split: str, cfg: Config, env: parallel.DistEnv) -> dict:
         targets, exclude = self.eval_sets[split]
+        model.eval()  # no dropout while scoring; train_epoch switches back
         tables = _inner(model).tables
         return evaluate.evaluate(
             self.encoder(model, split), tables.items, self.num_items, env, targets, exclude,

@@ -110,10 +110,16 @@ def first_batch_negatives(args: list[str]):
 
 
 def test_gathered_negatives_are_every_ranks_own_draws(tmp_path):
-    log = write_log(tmp_path / "log.txt")
+    log = write_log(tmp_path / "log.txt", num_items=100)  # more items than the 40 negatives: sampled, not the catalogue
     args = overrides(log, "table_wise") + ["train.batch_size=8"]
     own = run_ranks(first_batch_negatives, 2, tmp_path, args)
     shared = run_ranks(first_batch_negatives, 2, tmp_path, args + ["train.gather_negatives=true"])
     assert len(own[0]) == 40 and not torch.equal(own[0], own[1])  # 10 x local batch 4, drawn per rank
     for negs in shared:
         torch.testing.assert_close(negs, torch.cat(own))
+
+
+def test_asking_for_the_catalogue_gives_every_item_once(tmp_path):
+    log = write_log(tmp_path / "log.txt")
+    negs = run_ranks(first_batch_negatives, 1, tmp_path, overrides(log, "table_wise") + ["train.num_sampled=1000"])[0]
+    assert torch.equal(negs, torch.arange(len(negs))) and len(negs) <= 30

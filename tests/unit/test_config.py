@@ -38,6 +38,9 @@ def test_overrides_are_typed():
         (["data.format=user_lines"], "needs data.train and data.test"),
         (["eval.select_metric=recall@7"], "eval.select_metric"),
         (["train"], "not of the form key=value"),
+        (["model.router=sasrec"], "set model.num_interests=1"),
+        (["model.router=sasrec", "model.num_interests=1", "model.num_heads=3"], "dividing model.dim=64"),
+        (["model.router=sasrec", "model.num_interests=1", "model.dropout=1.0"], "model.dropout must be in"),
     ],
 )
 def test_bad_overrides_name_the_key(overrides, message):

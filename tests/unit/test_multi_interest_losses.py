@@ -286,3 +286,18 @@ def test_routing_diagnostics_by_hand():
     assert d["collapsed_frac"] == pytest.approx(0.5)
     assert d["max_weight_per_interest"] == pytest.approx([(1 + 1 / 3) / 2, (0.5 + 0.95) / 2])
     assert d["entropy_per_interest"] == pytest.approx([math.log(3) / 2, (math.log(2) + ent_095) / 2])
+
+
+def test_the_whole_catalogue_with_hits_dropped_is_the_exact_softmax():
+    # What model.router=sasrec with train.num_sampled >= the item count trains: every item as a
+    # negative, the row's own positive dropped as an accidental hit.
+    g = torch.Generator().manual_seed(0)
+    num_items, levels, weights = 30, (2, 4), (0.25, 0.75)
+    items = torch.randn(num_items, 4, generator=g)
+    users = torch.randn(6, 1, 4, generator=g)
+    pos_id = torch.randint(0, num_items, (6,), generator=g)
+    got = losses.matryoshka_sampled_softmax(users, items[pos_id], items, levels, weights,
+                                            pos_id=pos_id, neg_ids=torch.arange(num_items))
+    want = sum(w * torch.nn.functional.cross_entropy(users[:, 0, :d] @ items[:, :d].T, pos_id, reduction="none")
+               for d, w in zip(levels, weights))
+    torch.testing.assert_close(got, want)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from distrec import losses
-from distrec.towers import CapsuleRouter, SelfAttentiveRouter, squash
+from distrec.towers import CapsuleRouter, SASRecEncoder, SelfAttentiveRouter, squash
 
 
 def _batch(b=4, length=7, d=8, lengths=(7, 3, 5, 1), seed=0):
@@ -154,3 +154,53 @@ def test_capsule_router_gradient_reaches_the_bilinear_map():
     interests, attn = router(h, mask)
     (interests.sum() + losses.routing_regularization(attn, mask).sum()).backward()
     assert router.bilinear.weight.grad.abs().sum() > 0
+
+
+def _sasrec_by_hand(enc: SASRecEncoder, h: torch.Tensor) -> torch.Tensor:
+    """One user's unpadded history `h [n, D]` through the encoder's own modules, written out
+    without masks or batching: the vector at the last position."""
+    n = h.shape[0]
+    x = h + enc.pos_emb[:n]
+    for attn_norm, attn, ffn_norm, ffn in zip(enc.attn_norms, enc.attns, enc.ffn_norms, enc.ffns):
+        q = attn_norm(x)
+        heads = attn.num_heads
+        wq, wk, wv = attn.in_proj_weight.chunk(3)
+        bq, bk, bv = attn.in_proj_bias.chunk(3)
+        qh, kh, vh = ((t @ w.T + b).view(n, heads, -1).transpose(0, 1) for t, w, b in ((q, wq, bq), (x, wk, bk), (x, wv, bv)))
+        logits = qh @ kh.transpose(1, 2) / math.sqrt(qh.shape[-1])
+        logits = logits.masked_fill(torch.ones(n, n, dtype=torch.bool).triu(1), -math.inf)  # causal
+        out = (logits.softmax(-1) @ vh).transpose(0, 1).reshape(n, -1) @ attn.out_proj.weight.T + attn.out_proj.bias
+        x = q + out
+        x = x + ffn(ffn_norm(x))
+    return enc.last_norm(x)[-1]
+
+
+@pytest.mark.parametrize("heads", [1, 2])
+def test_sasrec_matches_a_per_user_computation_and_ignores_padding(heads):
+    torch.manual_seed(0)
+    enc = SASRecEncoder(8, max_len=7, num_blocks=2, num_heads=heads, dropout=0.3).eval()
+    h, mask = _batch()
+    interests, attn = enc(h, mask)
+    assert interests.shape == (4, 1, 8) and attn.shape == (4, 1, 7)
+    for b, n in enumerate(mask.sum(1).tolist()):
+        torch.testing.assert_close(interests[b, 0], _sasrec_by_hand(enc, h[b, :n]), atol=1e-5, rtol=1e-5)
+        assert attn[b, 0, n:].abs().sum() == 0  # the last real item attends only to earlier ones
+        assert attn[b, 0, :n].sum().item() == pytest.approx(1.0, abs=1e-5)
+    junk = h.masked_fill(mask[..., None], 0.0) + 5.0 * torch.randn_like(h).masked_fill(mask[..., None], 0.0)
+    torch.testing.assert_close(enc(h.where(mask[..., None], junk), mask)[0], interests)
+
+
+def test_sasrec_dropout_only_in_training_and_gradients_reach_every_block():
+    torch.manual_seed(0)
+    enc = SASRecEncoder(8, max_len=7, dropout=0.5)
+    h, mask = _batch()
+    h.requires_grad_(True)
+    a, b = enc(h, mask)[0], enc(h, mask)[0]
+    assert not torch.allclose(a, b)  # dropout on
+    enc.eval()
+    torch.testing.assert_close(enc(h, mask)[0], enc(h, mask)[0])
+    enc.train()
+    (enc(h, mask)[0] * torch.randn(4, 1, 8)).sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in enc.parameters())
+    with pytest.raises(ValueError, match="max_len"):
+        enc(torch.zeros(1, 8, 8), torch.ones(1, 8, dtype=torch.bool))
