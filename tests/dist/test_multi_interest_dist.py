@@ -123,3 +123,28 @@ def test_asking_for_the_catalogue_gives_every_item_once(tmp_path):
     log = write_log(tmp_path / "log.txt")
     negs = run_ranks(first_batch_negatives, 1, tmp_path, overrides(log, "table_wise") + ["train.num_sampled=1000"])[0]
     assert torch.equal(negs, torch.arange(len(negs))) and len(negs) <= 30
+
+
+def catalogue_losses(args: list[str]):
+    import dataclasses
+
+    env = parallel.init("cpu")
+    try:
+        cfg = config.load(None, args)
+        work = multi_interest_workload(cfg, env)
+        model, _ = work.build()
+        model.eval()  # no dropout: both forwards must see the same network
+        batch = next(iter(work.batches(1)))
+        return [model(dataclasses.replace(batch, catalogue=flag))[0].item() for flag in (True, False)]
+    finally:
+        parallel.shutdown()
+
+
+def test_the_catalogue_fast_path_equals_the_general_softmax(tmp_path):
+    # SASRec with the whole catalogue takes a fused cross-entropy; the general sampled softmax
+    # with every item as a negative and the positive dropped as a hit must give the same loss.
+    log = write_log(tmp_path / "log.txt")
+    args = overrides(log, "table_wise") + ["model.router=sasrec", "model.num_interests=1", "train.ihn_beta=0",
+                                           "train.rr_lambda=0", "train.num_sampled=1000", "model.num_heads=2"]
+    fast, general = run_ranks(catalogue_losses, 1, tmp_path, args)[0]
+    assert fast == pytest.approx(general, rel=1e-5) and fast > 0
