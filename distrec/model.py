@@ -15,11 +15,12 @@ from torch import nn
 
 from distrec import losses, samplers
 from distrec.config import ModelConfig, TrainConfig
+from distrec.data.batches import DeviceBatch
 from distrec.embeddings import Tables
 
 
 @dataclasses.dataclass
-class Batch:
+class Batch(DeviceBatch):
     """One rank's share of a global batch of (user, positive) pairs."""
 
     users: torch.Tensor  # [B] user ids
@@ -30,10 +31,6 @@ class Batch:
     shared: torch.Tensor | None = None  # loss=softmax: [N] negative ids shared by the local batch
     catalogue: bool = False  # loss=softmax: `shared` is every item in id order (exact full softmax)
     user_scale: torch.Tensor | None = None  # [B] 1 / the user's training pairs (Gramian term), None = 1
-
-    def to(self, device: torch.device) -> "Batch":
-        moved = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        return dataclasses.replace(self, **{k: v.to(device) for k, v in moved.items() if isinstance(v, torch.Tensor)})
 
 
 class MatryoshkaMF(nn.Module):

@@ -19,14 +19,14 @@ from torch import nn
 
 from distrec import losses, parallel
 from distrec.config import Config, ModelConfig, TrainConfig
-from distrec.data.batches import epoch_batches
+from distrec.data.batches import DeviceBatch, epoch_batches
 from distrec.data.sequences import SequenceData, history_windows
 from distrec.embeddings import Tables, lookup_padded
 from distrec.towers import CapsuleRouter, SASRecEncoder, SelfAttentiveRouter
 
 
 @dataclasses.dataclass
-class SeqBatch:
+class SeqBatch(DeviceBatch):
     """One rank's share of a global batch of (history window, next item) samples."""
 
     hist: torch.Tensor  # [B, L] item ids (padding: id 0 with mask False)
@@ -37,13 +37,6 @@ class SeqBatch:
     global_size: int
     world_size: int = 1
     catalogue: bool = False  # negs is every item in id order (the exact full softmax)
-
-    def to(self, device: torch.device) -> "SeqBatch":
-        moved = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        for name, value in moved.items():
-            if isinstance(value, torch.Tensor):
-                moved[name] = value.to(device)
-        return SeqBatch(**moved)
 
 
 class MultiInterest(nn.Module):

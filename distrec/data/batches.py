@@ -2,14 +2,25 @@
 
 Every rank computes the same permutation from (seed, epoch) and takes its contiguous slice of
 each global batch, so the global batch is the same whatever the world size. Vectorised: a
-batch is an index array into the training pairs. Imports: numpy.
+batch is an index array into the training pairs. `DeviceBatch` gives the tasks' batch
+dataclasses their one `.to(device)`. Imports: numpy, torch.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 
 import numpy as np
+import torch
+
+
+class DeviceBatch:
+    """Mixin for a batch dataclass: `.to(device)` moves every tensor field, keeps the rest."""
+
+    def to(self, device: torch.device):
+        moved = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return dataclasses.replace(self, **{k: v.to(device) for k, v in moved.items() if isinstance(v, torch.Tensor)})
 
 
 def num_batches(num_pairs: int, global_batch: int) -> int:
