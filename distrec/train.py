@@ -87,7 +87,11 @@ def train(cfg: config.Config, env: parallel.DistEnv) -> dict:
 
     # Data: every rank reads the same files deterministically; rank 0 writes the Parquet copy.
     data_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else run_dir / "data"
+    t0 = time.perf_counter()
     work = build_workload(cfg, env, data_dir if env.is_main else None)
+    # Where the wall time goes, for metrics.json: reading / generating data, training steps,
+    # evaluations during training (validation, and test when tracked), the final test.
+    seconds = {"data": time.perf_counter() - t0, "train": 0.0, "valid": 0.0, "test": 0.0}
     log(f"data: {work.summary}; world size {env.world_size}")
 
     # Train with early stopping on validation; keep the best epoch's weights. Without a
@@ -95,19 +99,23 @@ def train(cfg: config.Config, env: parallel.DistEnv) -> dict:
     phase = "select" if work.has_valid else "train"
     if not work.has_valid:
         log("no validation split: no early stopping or refit; the last epoch is tested")
-    model, best, train_seconds = fit(cfg, env, work, cfg.train.epochs, phase=phase, start=start)
+    model, best, spent = fit(cfg, env, work, cfg.train.epochs, phase=phase, start=start)
+    seconds["train"], seconds["valid"] = spent
     if cfg.train.refit and work.has_valid and work.refit is not None:
         # A fresh model on train + validation for the selected number of epochs, so the tested
         # model has seen all training data (the validation split only chose the epoch count).
         phase = "refit"
         work = work.refit()
-        model, _, refit_seconds = fit(cfg, env, work, best["epoch"], phase=phase, start=start)
-        train_seconds += refit_seconds
+        model, _, spent = fit(cfg, env, work, best["epoch"], phase=phase, start=start)
+        seconds["train"] += spent[0]
+        seconds["valid"] += spent[1]
 
     # Test once: the best validation epoch's weights (or the refit model).
+    t0 = time.perf_counter()
     test = work.evaluate(model, "test", cfg, env)
-    result = {"test": test, "valid": best["valid"], "best_epoch": best["epoch"], "train_seconds": train_seconds,
-              "refit": phase == "refit"}
+    seconds["test"] = time.perf_counter() - t0
+    result = {"test": test, "valid": best["valid"], "best_epoch": best["epoch"], "train_seconds": seconds["train"],
+              "refit": phase == "refit", "seconds": seconds}
     tables = model.module.tables
     users = gather_table(tables.users, work.num_users, env) if work.num_users else None
     items = gather_table(tables.items, work.num_items, env)
@@ -116,13 +124,15 @@ def train(cfg: config.Config, env: parallel.DistEnv) -> dict:
         outputs.export_embeddings(run_dir, users, items, work.user_raw, work.item_raw, model.module)
         which = {"select": "the best validation epoch", "refit": "the refit model", "train": "the last epoch"}[phase]
         _print_table(test, which)
-        log(f"best epoch {best['epoch']}; {train_seconds:.1f} s training, "
+        log(f"best epoch {best['epoch']}; {seconds['train']:.1f} s training, {seconds['valid']:.1f} s validation, "
+            f"{seconds['test']:.1f} s test, "
             f"{time.perf_counter() - start:.1f} s in all; outputs in {run_dir}")
     return result
 
 
 def fit(cfg: config.Config, env: parallel.DistEnv, work: Workload, epochs: int, *, phase: str, start: float):
-    """Build a model and train it for up to `epochs` epochs; returns (model, best, train seconds).
+    """Build a model and train it for up to `epochs` epochs; returns (model, best, (training
+    seconds, evaluation seconds)).
 
     phase "select": evaluate validation every `eval.every_epochs`, keep the best epoch's
     weights (restored before returning), stop after `eval.patience` evaluations without
@@ -138,7 +148,7 @@ def fit(cfg: config.Config, env: parallel.DistEnv, work: Workload, epochs: int, 
     log(f"sharding plan:\n{model.plan}")
     dim, metric = str(cfg.model.levels[-1]), cfg.eval.select_metric
     best = {"score": -math.inf, "epoch": epochs, "valid": None, "snapshot": None}
-    seconds, first = 0.0, 1
+    seconds, eval_seconds, first = 0.0, 0.0, 1
     ckpt = Path(cfg.run_dir) / "checkpoint"
     resumable = phase != "refit"  # a refit is short and restarts from scratch
     if resumable and cfg.train.resume and (ckpt / "last").exists():
@@ -167,6 +177,7 @@ def fit(cfg: config.Config, env: parallel.DistEnv, work: Workload, epochs: int, 
         if work.diagnostics is not None:
             record.update(work.diagnostics(model))
         record["eval_seconds"] = time.perf_counter() - t1
+        eval_seconds += record["eval_seconds"]
         record["elapsed_seconds"] = time.perf_counter() - start
         if env.is_main:
             outputs.append_metrics(Path(cfg.run_dir), record)
@@ -180,7 +191,7 @@ def fit(cfg: config.Config, env: parallel.DistEnv, work: Workload, epochs: int, 
             break
     if select:
         checkpoint.restore(model, best["snapshot"])
-    return model, best, seconds
+    return model, best, (seconds, eval_seconds)
 
 
 def _maybe_checkpoint(cfg, env, model, dense_opts, epoch: int, best: dict, seconds: float, *, improved: bool, resumable: bool) -> None:

@@ -38,6 +38,8 @@ def test_two_ranks_train_like_one_process_and_write_outputs(tmp_path):
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["best_epoch"] == two[0]["best_epoch"]
     assert metrics["train_seconds"] > 0
+    assert set(metrics["seconds"]) == {"data", "train", "valid", "test"} and min(metrics["seconds"].values()) > 0
+    assert metrics["seconds"]["train"] == metrics["train_seconds"]
     lines = (run / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3]
     users = np.load(run / "embeddings" / "user_embeddings.npy")
