@@ -272,6 +272,33 @@ def matryoshka_softmax(
     return total
 
 
+def matryoshka_catalogue_softmax(
+    interests: torch.Tensor,
+    catalogue: torch.Tensor,
+    pos_id: torch.Tensor,
+    levels: tuple[int, ...],
+    weights: tuple[float, ...],
+) -> torch.Tensor:
+    """Per-sample `sum_l w_l * CE_l` `[B]`, the exact full softmax over every item, for
+    `interests [B, K, D]`, `catalogue [I, D]` (every item's row, in id order) and the positives'
+    ids `pos_id [B]`.
+
+    Equals `matryoshka_sampled_softmax` with beta = 0 and the catalogue as negatives, the
+    positive dropped as a hit, but through the fused cross-entropy. With one interest the levels
+    share one incremental full-dimension product (`matryoshka_softmax`); with K the chosen
+    interest differs per level, so each level costs its own product.
+    """
+    if interests.shape[1] == 1:
+        return matryoshka_softmax(interests[:, 0], None, catalogue, levels, weights, pos_index=pos_id)
+    rows = torch.arange(interests.shape[0], device=interests.device)
+    pos = catalogue[pos_id]
+    total = interests.new_zeros(interests.shape[0])
+    for d, w in zip(levels, weights):
+        user = interests[rows, select_interest(interests, pos, d), :d]
+        total = total + w * F.cross_entropy(user @ catalogue[:, :d].T, pos_id, reduction="none")
+    return total
+
+
 def routing_regularization(attn: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """REMI's routing regularisation per user `[B]`, for `attn [B, K, L]`, `mask [B, L]`.
 

@@ -66,11 +66,11 @@ class MultiInterest(nn.Module):
         rows = self.tables.items(torch.cat([batch.hist.reshape(-1), batch.pos, batch.negs]))
         h, pos, negs = rows[: b * length].view(b, length, -1), rows[b * length : b * length + b], rows[b * length + b :]
         interests, attn = self.router(h, batch.mask)
-        if batch.catalogue and interests.shape[1] == 1 and self.beta == 0:
-            # One vector per user against every item: the fused cross-entropy over the
-            # catalogue's scores, all levels from one full-dimension product. Same value as the
-            # general path with the positives dropped as hits, several times faster.
-            per_sample = losses.matryoshka_softmax(interests[:, 0], None, negs, self.levels, self.weights, pos_index=batch.pos)
+        if batch.catalogue and self.beta == 0:
+            # Every item is a negative: the exact full softmax through the fused cross-entropy.
+            # Same value as the general path with the positives dropped as hits, several times
+            # faster (IHN, beta > 0, still takes the general path).
+            per_sample = losses.matryoshka_catalogue_softmax(interests, negs, batch.pos, self.levels, self.weights)
         else:
             per_sample = losses.matryoshka_sampled_softmax(
                 interests, pos, negs, self.levels, self.weights, beta=self.beta,

@@ -301,3 +301,9 @@ def test_the_whole_catalogue_with_hits_dropped_is_the_exact_softmax():
     want = sum(w * torch.nn.functional.cross_entropy(users[:, 0, :d] @ items[:, :d].T, pos_id, reduction="none")
                for d, w in zip(levels, weights))
     torch.testing.assert_close(got, want)
+    for k in (1, 3):  # the fused path, one vector (incremental prefixes) and K interests
+        interests = torch.randn(6, k, 4, generator=g)
+        fast = losses.matryoshka_catalogue_softmax(interests, items, pos_id, levels, weights)
+        general = losses.matryoshka_sampled_softmax(interests, items[pos_id], items, levels, weights,
+                                                    pos_id=pos_id, neg_ids=torch.arange(num_items))
+        torch.testing.assert_close(fast, general)
