@@ -5,7 +5,7 @@ positives and the rank's shared negatives are all looked up through the sharded 
 the routing tower (dense, under DDP) turns each history into K interests; the loss is the
 matryoshka sampled softmax with IHN plus routing regularisation. `SequenceBatches` builds
 batches vectorised; `NegativeSampler` draws each rank's shared negatives.
-Imports: numpy, torch, distrec.config / data / embeddings / losses / towers / parallel.
+Imports: numpy, torch, distrec.config / data / embeddings / losses / samplers / towers / parallel.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from distrec.config import Config, ModelConfig, TrainConfig
 from distrec.data.batches import DeviceBatch, epoch_batches
 from distrec.data.sequences import SequenceData, history_windows
 from distrec.embeddings import Tables, lookup_padded
+from distrec.samplers import shared_negatives
 from distrec.towers import CapsuleRouter, SASRecEncoder, SelfAttentiveRouter
 
 
@@ -104,8 +105,10 @@ class NegativeSampler:
         self.log_q = np.log(np.log((ranks + 2) / (ranks + 1)) / np.log(data.num_items + 1))  # per item id
 
     def draw(self, rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray | None]:
-        if self.distribution == "uniform":
-            return rng.integers(0, self.num_items, size=n, dtype=np.int64), None
+        """`n` negative ids and their log q (None: uniform), or every item once, without log q,
+        when `n` reaches the catalogue (the exact softmax needs no correction)."""
+        if self.distribution == "uniform" or n >= self.num_items:
+            return shared_negatives(rng, self.num_items, n), None
         ranks = np.floor(np.exp(rng.random(n) * np.log(self.num_items + 1))).astype(np.int64) - 1
         ids = self.by_rank[np.clip(ranks, 0, self.num_items - 1)]
         return ids, self.log_q[ids]
@@ -120,10 +123,10 @@ def sequence_batches(
     for idx, global_size in epoch_batches(len(users), cfg.train.batch_size, cfg.train.seed, epoch, env.rank, env.world_size):
         hist, mask = history_windows(data, users[idx], positions[idx], cfg.data.sequence.max_len)
         num = cfg.train.num_sampled or 10 * len(idx)
+        # Asked for at least the catalogue, the sampler gives every item once, and with the
+        # batch's positives removed as accidental hits the sampled softmax is the exact one.
         catalogue = num >= data.num_items
-        # Asked for at least the catalogue: every item once, and with the batch's positives
-        # removed as accidental hits the sampled softmax is the exact full softmax.
-        negs, log_q = (np.arange(data.num_items), None) if catalogue else sampler.draw(rng, num)
+        negs, log_q = sampler.draw(rng, num)
         negs = torch.as_tensor(negs)
         log_q = torch.as_tensor(log_q, dtype=torch.float32) if log_q is not None else None
         if cfg.train.gather_negatives and env.world_size > 1 and not catalogue:
