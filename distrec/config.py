@@ -130,7 +130,16 @@ class ModelConfig:
     positional: bool = True  # self_attentive: learnable positions added to the attention input
     num_blocks: int = 2  # sasrec: self-attention blocks
     num_heads: int = 1  # sasrec: attention heads (must divide model.dim)
-    dropout: float = 0.2  # sasrec: on the input, attention weights and feed-forward outputs
+    # sasrec: on the input, attention weights and feed-forward outputs (default 0.2);
+    # self_attentive: on the history embeddings while training (default 0, as in ComiRec / REMI)
+    dropout: float | None = None
+
+    @property
+    def router_dropout(self) -> float:
+        """`dropout` with its per-router default filled in."""
+        if self.dropout is not None:
+            return self.dropout
+        return 0.2 if self.router == "sasrec" else 0.0
 
     def __post_init__(self) -> None:
         _check_choice("model.task", self.task, ("mrl4rec", "multi_interest"))
@@ -141,6 +150,9 @@ class ModelConfig:
             if self.num_blocks < 1 or self.num_heads < 1 or self.dim % self.num_heads:
                 raise ConfigError(f"model.num_blocks must be >= 1 and model.num_heads >= 1 dividing model.dim={self.dim}, "
                                   f"got {self.num_blocks} and {self.num_heads}")
+        if self.dropout is not None:
+            if self.router == "capsule":
+                raise ConfigError("model.dropout is read by model.router=sasrec and self_attentive, not capsule")
             if not 0.0 <= self.dropout < 1.0:
                 raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
         if self.num_interests <= 0:

@@ -45,9 +45,11 @@ class MultiInterest(nn.Module):
         super().__init__()
         self.tables = tables
         if model_cfg.router == "self_attentive":
-            self.router = SelfAttentiveRouter(model_cfg.dim, model_cfg.num_interests, model_cfg.hidden_factor, max_len, model_cfg.positional)
+            self.router = SelfAttentiveRouter(
+                model_cfg.dim, model_cfg.num_interests, model_cfg.hidden_factor, max_len, model_cfg.positional, model_cfg.router_dropout
+            )
         elif model_cfg.router == "sasrec":
-            self.router = SASRecEncoder(model_cfg.dim, max_len, model_cfg.num_blocks, model_cfg.num_heads, model_cfg.dropout)
+            self.router = SASRecEncoder(model_cfg.dim, max_len, model_cfg.num_blocks, model_cfg.num_heads, model_cfg.router_dropout)
         else:
             self.router = CapsuleRouter(model_cfg.dim, model_cfg.num_interests, max_len)
         self.levels = tuple(model_cfg.levels)

@@ -48,6 +48,10 @@ class SelfAttentiveRouter(nn.Module):
             the same space as the item table and can score items by inner product. A position
             is the slot index in the padded `[B, L]` tensor; keep one alignment (left or right
             padding) for training and serving.
+        dropout: zeroes history-embedding coordinates while training (ComiRec and REMI have
+            none; 0 keeps that). It acts before both the attention and the interest sum, so the
+            interests stay `A @ h` over one (dropped-out) `h`, and coordinate-wise dropout
+            commutes with slicing: the matryoshka identity below holds in training too.
 
     Matryoshka: the attention is computed from the full-dimension embeddings and the interests
     are linear in H, so `interests[..., :d] == A @ h[..., :d]`: the prefix of an interest vector
@@ -66,10 +70,12 @@ class SelfAttentiveRouter(nn.Module):
         hidden_factor: int = 4,
         max_len: int = 20,
         positional: bool = True,
+        dropout: float = 0.0,
     ) -> None:
         super().__init__()
         if dim < 1 or num_interests < 1 or hidden_factor < 1 or max_len < 1:
             raise ValueError("dim, num_interests, hidden_factor and max_len must be >= 1")
+        self.dropout = nn.Dropout(dropout)
         self.dim = dim
         self.num_interests = num_interests
         self.max_len = max_len
@@ -95,7 +101,7 @@ class SelfAttentiveRouter(nn.Module):
         mask = mask.bool()
         # Zero the padding so neither the logits nor the interests depend on what the padding
         # id's embedding happens to hold (the reference multiplies by the mask too).
-        h = h.masked_fill(~mask[..., None], 0.0)
+        h = self.dropout(h.masked_fill(~mask[..., None], 0.0))
         x = h if self.pos_emb is None else h + self.pos_emb[:seq_len]
         logits = self.w2(torch.tanh(self.w1(x))).transpose(1, 2)  # [B, K, L]
         attn = _masked_softmax(logits, mask)

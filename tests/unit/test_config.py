@@ -41,11 +41,19 @@ def test_overrides_are_typed():
         (["model.router=sasrec"], "set model.num_interests=1"),
         (["model.router=sasrec", "model.num_interests=1", "model.num_heads=3"], "dividing model.dim=64"),
         (["model.router=sasrec", "model.num_interests=1", "model.dropout=1.0"], "model.dropout must be in"),
+        (["model.dropout=-0.1"], "model.dropout must be in"),
+        (["model.router=capsule", "model.dropout=0.2"], "not capsule"),
     ],
 )
 def test_bad_overrides_name_the_key(overrides, message):
     with pytest.raises(config.ConfigError, match=message.replace("[", r"\[")):
         config.load(None, overrides)
+
+
+def test_dropout_defaults_per_router():
+    assert config.load(None, ["model.router=sasrec", "model.num_interests=1"]).model.router_dropout == 0.2
+    assert config.load(None, ["model.router=self_attentive"]).model.router_dropout == 0.0
+    assert config.load(None, ["model.dropout=0.3"]).model.router_dropout == 0.3
 
 
 def test_unknown_key_in_yaml_file(tmp_path):

@@ -204,3 +204,23 @@ def test_sasrec_dropout_only_in_training_and_gradients_reach_every_block():
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in enc.parameters())
     with pytest.raises(ValueError, match="max_len"):
         enc(torch.zeros(1, 8, 8), torch.ones(1, 8, dtype=torch.bool))
+
+
+def test_router_dropout_is_one_dropout_of_the_history_in_training_only():
+    torch.manual_seed(3)
+    router = SelfAttentiveRouter(dim=8, num_interests=3, max_len=7, dropout=0.5)
+    h, mask = _batch(seed=3)
+    eval_out = router.eval()(h, mask)
+    torch.testing.assert_close(router(h, mask), eval_out)  # eval: no dropout, repeatable
+    router.train()
+    torch.manual_seed(7)
+    interests, attn = router(h, mask)
+    assert not torch.allclose(interests, eval_out[0])
+    # The same draw applied by hand, then the router without dropout: attention and interests
+    # must both come from that one dropped-out history (and its prefixes stay level interests).
+    torch.manual_seed(7)
+    dropped = torch.nn.functional.dropout(h.masked_fill(~mask[..., None], 0.0), 0.5, training=True)
+    ref_interests, ref_attn = router.eval()(dropped, mask)
+    torch.testing.assert_close(attn, ref_attn)
+    torch.testing.assert_close(interests, ref_interests)
+    torch.testing.assert_close(interests[..., :4], attn @ dropped[..., :4])
