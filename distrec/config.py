@@ -251,8 +251,13 @@ class EvalConfig:
     track_test: bool = False  # also evaluate test at every evaluation (reporting only, never selection)
     chunk_mb: float = 256.0  # score-matrix memory per block of users
     mask_history: bool = True  # multi_interest: mask every item of the user's history part
+    # Validate on a fixed, seeded sample of this many users (None: all of them); the metrics
+    # then carry their standard error ("<metric>_se"). Test always scores every user.
+    valid_users: int | None = None
 
     def __post_init__(self) -> None:
+        if self.valid_users is not None and self.valid_users <= 0:
+            raise ConfigError(f"eval.valid_users must be positive (or null for every user), got {self.valid_users}")
         if not self.ks or any(k <= 0 for k in self.ks):
             raise ConfigError(f"eval.ks must be positive, got {list(self.ks)}")
         if self.every_epochs <= 0 or self.patience <= 0 or self.chunk_mb <= 0:

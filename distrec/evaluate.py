@@ -1,14 +1,18 @@
-"""Exact full-ranking evaluation at every matryoshka level, split over ranks and reduced.
+"""Exact full-ranking evaluation at every matryoshka level, sharded over ranks and reduced.
 
-Users with at least one target are cut into fixed blocks whose size depends only on the item
-count and `chunk_mb`, never on the world size, and blocks are dealt to ranks round-robin.
-Every block is scored against all items exactly as a single process would score it, so any
-world size gives the one-process numbers (up to the order of a float64 sum).
-Imports: numpy, torch, distrec.parallel, distrec.embeddings.
+No rank holds the whole item table: each rank looks up one contiguous slice of item rows
+through the sharded module and counts, for every (user, target) pair, how many of its items
+score at or above the target (`distrec.ranking`). One all-reduce of the counts gives every
+target's exact global rank, from which Recall, NDCG and HitRate follow (binary relevance needs
+no top-K list). Users are taken in chunks whose size depends only on the data and `chunk_mb`,
+never on the world size; each rank encodes its share of a chunk and the queries are
+all-gathered, so every world size gives the one-process numbers.
+Imports: numpy, torch, distrec.parallel, distrec.embeddings, distrec.ranking.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import numpy as np
@@ -17,8 +21,10 @@ import torch
 from distrec import parallel
 from distrec.embeddings import Tables, lookup_padded
 from distrec.parallel import DistEnv
+from distrec.ranking import count_above, level_scores
 
 Csr = tuple[np.ndarray, np.ndarray]  # (indptr [U + 1], column ids)
+BLOCK_ITEMS = 4096  # items scored at once: a [rows, 4096] float32 block per level
 
 
 def metric_names(ks: tuple[int, ...], hitrate: bool = False) -> list[str]:
@@ -26,24 +32,43 @@ def metric_names(ks: tuple[int, ...], hitrate: bool = False) -> list[str]:
     return [f"{name}@{k}" for k in ks for name in names]
 
 
+def _slice(num_rows: int, env: DistEnv) -> tuple[int, int]:
+    per_rank = -(-int(num_rows) // env.world_size)
+    return min(env.rank * per_rank, num_rows), min((env.rank + 1) * per_rank, num_rows)
+
+
+@torch.no_grad()
+def local_rows(lookup, num_rows: int, env: DistEnv) -> tuple[int, torch.Tensor]:
+    """This rank's contiguous slice of a sharded table: (first id, rows `[n, D]`).
+
+    The lookup is a collective, so every rank takes part even with an empty slice."""
+    lo, hi = _slice(int(num_rows), env)
+    return lo, lookup_padded(lookup, torch.arange(lo, hi, device=env.device)).float()
+
+
 @torch.no_grad()
 def gather_table(lookup, num_rows: int, env: DistEnv) -> torch.Tensor:
-    """The whole table `[num_rows, D]` on every rank, looked up through the sharded module.
-
-    Each rank looks up one contiguous slice of ids (a collective, so every rank takes part
-    even with an empty slice), then the slices are all-gathered.
-    """
-    num_rows = int(num_rows)  # a numpy integer would break torch.arange
-    per_rank = -(-num_rows // env.world_size)
-    lo, hi = min(env.rank * per_rank, num_rows), min((env.rank + 1) * per_rank, num_rows)
-    ids = torch.arange(lo, hi, device=env.device)
-    rows = lookup_padded(lookup, ids)
-    return parallel.all_gather_rows(rows.float(), env, num_rows)
+    """The whole table `[num_rows, D]` on every rank (for exporting embeddings, not for scoring)."""
+    _, rows = local_rows(lookup, num_rows, env)
+    return parallel.all_gather_rows(rows, env, int(num_rows))
 
 
-def block_size(num_items: int, chunk_mb: float, num_interests: int = 1) -> int:
-    """Users per block so that one block's float32 score matrices take about `chunk_mb`."""
-    return max(1, int(chunk_mb * (1 << 20)) // (4 * max(num_items, 1) * (num_interests + 1)))
+def chunks(rows: np.ndarray, targets: Csr, num_interests: int, chunk_mb: float, block_items: int = BLOCK_ITEMS) -> list[np.ndarray]:
+    """Cut evaluation rows into chunks whose scoring memory is about `chunk_mb`: per row, a
+    block of K interest scores and one of the max, plus one gathered block per target."""
+    per_row = num_interests + 1 + np.diff(targets[0])[rows]
+    budget = max(1, int(chunk_mb * (1 << 20)) // (4 * block_items))
+    ends = np.searchsorted(np.cumsum(per_row), np.arange(budget, int(per_row.sum()) + budget, budget), side="right")
+    ends = np.unique(np.clip(ends, 1, len(rows)))
+    return [rows[a:b] for a, b in zip(np.concatenate([[0], ends[:-1]]), ends) if b > a]
+
+
+def sample_rows(targets: Csr, n: int | None, seed: int) -> np.ndarray:
+    """Rows with targets; a fixed seeded sample of `n` of them (sorted) when `n` is smaller."""
+    rows = np.flatnonzero(np.diff(targets[0]) > 0)
+    if n is None or n >= len(rows):
+        return rows
+    return np.sort(np.random.default_rng(seed).choice(rows, size=n, replace=False))
 
 
 @torch.no_grad()
@@ -59,30 +84,37 @@ def evaluate(
     chunk_mb: float = 256.0,
     num_interests: int = 1,
     hitrate: bool = False,
+    rows: np.ndarray | None = None,
+    block_items: int = BLOCK_ITEMS,
 ) -> dict[str, dict[str, float]]:
-    """Metrics averaged over the rows with targets, per level: {"<d>": {"recall@20": x, ...}}.
+    """Metrics averaged over the evaluated rows, per level: {"<d>": {"recall@20": x, ...}}.
 
     Rows are users (MF: CSRs over user ids) or evaluation users (multi-interest: CSRs over
-    their positions). `encode(rows)` gives `[n, D]` or `[n, K, D]` query vectors and is called
-    exactly once per rank (it may look up sharded tables, a collective). `items(ids)` looks up
+    their positions); `rows` (default: every row with a target) picks a subset, e.g. a sample
+    (`sample_rows`), in which case each metric's standard error over rows is added as
+    "<name>_se". `encode(rows)` gives `[n, D]` or `[n, K, D]` query vectors (it may look up
+    sharded tables, a collective: every rank calls it once per chunk). `items(ids)` looks up
     item rows through the sharded table.
     """
-    table = gather_table(items, num_items, env)
-    eval_rows = np.flatnonzero(np.diff(targets[0]) > 0)
-    size = block_size(num_items, chunk_mb, num_interests)
-    blocks = [eval_rows[i : i + size] for i in range(0, len(eval_rows), size)]
-    mine = blocks[env.rank :: env.world_size]
-    my_rows = np.concatenate(mine) if mine else np.zeros(0, dtype=np.int64)
-    queries = encode(my_rows).float()
+    first_id, table = local_rows(items, num_items, env)
+    sampled = rows is not None
+    rows = np.flatnonzero(np.diff(targets[0]) > 0) if rows is None else np.asarray(rows, dtype=np.int64)
     names = metric_names(ks, hitrate)
-    sums = torch.zeros((len(levels), len(names)), dtype=torch.float64)
-    start = 0  # queries holds this rank's blocks back to back
-    for rows in mine:
-        sums += score_block(queries[start : start + len(rows)], table, rows, targets, exclude, levels, ks, hitrate)
-        start += len(rows)
-    sums = parallel.all_reduce_sum(sums, env)
-    means = (sums / max(len(eval_rows), 1)).tolist()
-    return {str(d): dict(zip(names, row)) for d, row in zip(levels, means)}
+    sums = torch.zeros((2, len(levels), len(names)), dtype=torch.float64)  # sum and sum of squares over rows
+    for chunk in chunks(rows, targets, num_interests, chunk_mb, block_items):
+        lo, hi = _slice(len(chunk), env)
+        queries = encode(chunk[lo:hi]).float()
+        queries = parallel.all_gather_rows(queries if queries.dim() == 3 else queries[:, None], env, len(chunk))
+        per_row = score_chunk(queries, table, first_id, chunk, targets, exclude, levels, ks, hitrate, block_items, env)
+        sums += torch.stack([per_row.sum(0), per_row.pow(2).sum(0)])
+    n = max(len(rows), 1)
+    means = sums[0] / n
+    out = {str(d): dict(zip(names, row)) for d, row in zip(levels, means.tolist())}
+    if sampled:
+        var = (sums[1] / n - means.pow(2)).clamp(min=0) * n / max(n - 1, 1)
+        for d, row in zip(levels, (var / n).sqrt().tolist()):
+            out[str(d)].update({f"{name}_se": se for name, se in zip(names, row)})
+    return out
 
 
 def user_encoder(tables: Tables, device: torch.device) -> Callable[[np.ndarray], torch.Tensor]:
@@ -90,14 +122,95 @@ def user_encoder(tables: Tables, device: torch.device) -> Callable[[np.ndarray],
     return lambda rows: lookup_padded(tables.users, torch.as_tensor(rows, device=device))
 
 
-def _pairs(csr: Csr, users: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+def _pairs(csr: Csr, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(row within block, column) of the CSR entries of `users`, vectorised."""
     indptr, cols = csr
     starts, ends = indptr[users], indptr[users + 1]
     counts = ends - starts
-    rows = np.repeat(np.arange(len(users)), counts)
+    rows = np.repeat(np.arange(len(users), dtype=np.int64), counts)
     offsets = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
-    return torch.as_tensor(rows), torch.as_tensor(cols[np.repeat(starts, counts) + offsets])
+    return rows, cols[np.repeat(starts, counts) + offsets]
+
+
+def score_chunk(
+    queries: torch.Tensor,
+    table: torch.Tensor,
+    first_id: int,
+    rows: np.ndarray,
+    targets: Csr,
+    exclude: list[Csr],
+    levels: tuple[int, ...],
+    ks: tuple[int, ...],
+    hitrate: bool,
+    block_items: int = BLOCK_ITEMS,
+    env: DistEnv | None = None,
+) -> torch.Tensor:
+    """Per-row metric values `[C, L, len(metric_names)]` (float64, on the CPU) of the rows
+    `rows`, whose queries `[C, K, D]` are given; this rank holds items `first_id ..` as `table`.
+    With `env`, target scores and counts are summed over ranks (each holds one slice)."""
+    dev = table.device
+    pair_rows, pair_items = _pairs(targets, rows)
+    # One pair per distinct (row, target).
+    key = np.unique(pair_rows * np.int64(1 << 32) + pair_items)
+    pair_rows, pair_items = key >> 32, key & ((1 << 32) - 1)
+    # Items that must not count for a pair: the target itself and the row's masked items.
+    skip_pairs, skip_items = [np.arange(len(key))], [pair_items]
+    masked_target = np.zeros(len(key), dtype=bool)  # a masked target can never be hit
+    for csr in exclude:
+        p, i = _join(pair_rows, *_pairs(csr, rows))
+        masked_target[p[i == pair_items[p]]] = True
+        skip_pairs.append(p)
+        skip_items.append(i)
+    skip = np.unique(np.concatenate(skip_pairs) * np.int64(1 << 32) + np.concatenate(skip_items))
+    skip_pairs, skip_items = skip >> 32, skip & ((1 << 32) - 1)
+
+    prow_t = torch.as_tensor(pair_rows, device=dev)
+    pitem_t = torch.as_tensor(pair_items, device=dev)
+    num_items_here = table.shape[0]
+    owned = (pitem_t >= first_id) & (pitem_t < first_id + num_items_here)
+    target_scores = torch.zeros((len(key), len(levels)), dtype=torch.float32, device=dev)
+    target_scores[owned] = level_scores(queries[prow_t[owned]], table[pitem_t[owned] - first_id], levels)
+    cap = max(ks)
+    if env is not None:
+        target_scores = parallel.all_reduce_sum(target_scores, env)  # exactly one rank owns each target
+    counts = count_above(queries, table, first_id, prow_t, target_scores, torch.as_tensor(skip_pairs, device=dev),
+                         torch.as_tensor(skip_items, device=dev), levels, cap, block_items)
+    if env is not None:
+        counts = parallel.all_reduce_sum(counts, env)
+    ranks = counts.cpu() + 1
+    ranks[torch.as_tensor(masked_target)] = cap + 1
+    return metric_values(ranks, torch.as_tensor(pair_rows), len(rows), ks, hitrate)
+
+
+def metric_values(ranks: torch.Tensor, pair_rows: torch.Tensor, num_rows: int, ks: tuple[int, ...], hitrate: bool) -> torch.Tensor:
+    """Per-row Recall@K, NDCG@K (and HitRate@K) `[R, L, M]` from the 1-based ranks `[P, L]` of
+    each row's distinct targets (binary relevance)."""
+    num_levels = ranks.shape[1]
+    num_targets = torch.bincount(pair_rows, minlength=num_rows).double()
+    ideal = torch.cumsum(1.0 / torch.log2(torch.arange(2, max(ks) + 2, dtype=torch.float64)), 0)
+    gain = 1.0 / torch.log2(ranks.double() + 1)
+    per_metric = 3 if hitrate else 2
+    out = torch.zeros((num_rows, num_levels, per_metric * len(ks)), dtype=torch.float64)
+    for ki, k in enumerate(ks):
+        hit = (ranks <= k).double()  # [P, L]
+        hits = torch.zeros((num_rows, num_levels), dtype=torch.float64).index_add_(0, pair_rows, hit)
+        dcg = torch.zeros((num_rows, num_levels), dtype=torch.float64).index_add_(0, pair_rows, hit * gain)
+        idcg = ideal[(num_targets.clamp(max=k) - 1).clamp(min=0).long()]
+        out[:, :, per_metric * ki] = hits / num_targets.clamp(min=1)[:, None]
+        out[:, :, per_metric * ki + 1] = dcg / idcg[:, None]
+        if hitrate:
+            out[:, :, per_metric * ki + 2] = (hits > 0).double()
+    return out
+
+
+def _join(pair_rows: np.ndarray, ex_rows: np.ndarray, ex_items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every (pair, excluded item) combination of the same row, vectorised.
+
+    pair_rows must be sorted (pairs come row by row)."""
+    start = np.searchsorted(pair_rows, ex_rows, side="left")
+    count = np.searchsorted(pair_rows, ex_rows, side="right") - start
+    offsets = np.arange(count.sum()) - np.repeat(np.cumsum(count) - count, count)
+    return np.repeat(start, count) + offsets, np.repeat(ex_items, count)
 
 
 def score_block(
@@ -110,42 +223,11 @@ def score_block(
     ks: tuple[int, ...],
     hitrate: bool = False,
 ) -> torch.Tensor:
-    """Metric sums `[L, len(metric_names)]` (float64) for one block of rows `users`.
+    """Metric sums `[L, len(metric_names)]` (float64) of rows `users` against the whole item
+    table `items [I, D]`, in one process: the reference the sharded evaluation must equal.
 
     u: `[C, D]` (one query per row) or `[C, K, D]` (K interests: the score of an item is the
-    best of the K at that level, f(u, i) = max_k <v_k[:d], e_i[:d]>); items: `[I, D]`.
+    best of the K at that level, f(u, i) = max_k <v_k[:d], e_i[:d]>).
     """
-    if u.dim() == 2:
-        u = u.unsqueeze(1)
-    c, num_items, dev = len(users), items.shape[0], u.device  # scored where the tables live (GPU or CPU)
-    rel = torch.zeros((c, num_items), dtype=torch.bool, device=dev)
-    rel[tuple(t.to(dev) for t in _pairs(targets, users))] = True
-    num_targets = rel.sum(dim=1).double()
-    masks = [tuple(t.to(dev) for t in _pairs(csr, users)) for csr in exclude]
-    max_k = min(max(ks), num_items)
-    discount = 1.0 / torch.log2(torch.arange(2, max_k + 2, dtype=torch.float64, device=dev))
-    ideal = torch.cumsum(discount, 0)  # ideal DCG with n relevant items is ideal[n - 1]
-    per_metric = 3 if hitrate else 2
-    out = torch.zeros((len(levels), per_metric * len(ks)), dtype=torch.float64, device=dev)
-    partial = torch.zeros((c, u.shape[1], num_items), dtype=u.dtype, device=dev)
-    prev = 0
-    for li, d in enumerate(levels):
-        # Prefix scores grow level by level: add only the new block of coordinates, so all
-        # levels together cost one full-dimension product instead of one product per level.
-        partial.view(-1, num_items).addmm_(u[:, :, prev:d].reshape(-1, d - prev), items[:, prev:d].T)
-        prev = d
-        scores = partial.amax(dim=1) if u.shape[1] > 1 else partial[:, 0].clone()
-        for rows, cols in masks:
-            scores[rows, cols] = -torch.inf
-        top = scores.topk(max_k, dim=1).indices
-        hit = rel.gather(1, top).double()  # [C, max_k]
-        for ki, k in enumerate(ks):
-            kk = min(k, max_k)
-            recall = hit[:, :kk].sum(1) / num_targets
-            dcg = (hit[:, :kk] * discount[:kk]).sum(1)
-            idcg = ideal[(num_targets.clamp(max=kk) - 1).long()]
-            out[li, per_metric * ki] = recall.sum()
-            out[li, per_metric * ki + 1] = (dcg / idcg).sum()
-            if hitrate:
-                out[li, per_metric * ki + 2] = (hit[:, :kk].sum(1) > 0).double().sum()
-    return out.cpu()
+    queries = (u if u.dim() == 3 else u[:, None]).float()
+    return score_chunk(queries, items.float(), 0, np.asarray(users), targets, exclude, levels, ks, hitrate).sum(0)

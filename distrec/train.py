@@ -237,6 +237,8 @@ def _epoch_line(record: dict, dim: str = "", metric: str = "", best_epoch: int |
     for split in ("valid", "test"):
         if split in record:
             line += f" | {split}@{dim} {metric} {record[split][dim][metric]:.4f}"
+            if f"{metric}_se" in record[split][dim]:  # a sampled validation: its standard error
+                line += f" ± {record[split][dim][metric + '_se']:.4f}"
     if "eval_seconds" in record:
         line += f" | eval {record['eval_seconds']:.1f} s"
     if best_epoch is not None:

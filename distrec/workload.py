@@ -54,9 +54,11 @@ class Workload:
         targets, exclude = self.eval_sets[split]
         model.eval()  # no dropout while scoring; train_epoch switches back
         tables = _inner(model).tables
+        # The validation sample is fixed (seed 0), so every epoch and every run sees the same users.
+        rows = evaluate.sample_rows(targets, cfg.eval.valid_users, seed=0) if split == "valid" and cfg.eval.valid_users else None
         return evaluate.evaluate(
             self.encoder(model, split), tables.items, self.num_items, env, targets, exclude,
-            cfg.model.levels, cfg.eval.ks, cfg.eval.chunk_mb, self.num_interests, self.hitrate,
+            cfg.model.levels, cfg.eval.ks, cfg.eval.chunk_mb, self.num_interests, self.hitrate, rows=rows,
         )
 
 

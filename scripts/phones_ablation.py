@@ -49,10 +49,8 @@ def recall_by_dim(run_dir: Path) -> dict[int, float]:
     items = torch.from_numpy(np.load(run_dir / "embeddings" / "item_embeddings.npy"))
     test = data.csr("test")
     eval_users = np.flatnonzero(np.diff(test[0]) > 0)
-    size = evaluate.block_size(data.num_items, 256)
     sums = torch.zeros((len(DIMS), 2), dtype=torch.float64)
-    for i in range(0, len(eval_users), size):
-        block = eval_users[i : i + size]
+    for block in evaluate.chunks(eval_users, test, 1, 256):
         sums += evaluate.score_block(users[block], items, block, test, [data.csr("train"), data.csr("valid")], DIMS, (20,))
     return {d: float(s) for d, s in zip(DIMS, sums[:, 0] / len(eval_users))}
 

@@ -42,6 +42,7 @@ def test_overrides_are_typed():
         (["model.router=sasrec", "model.num_interests=1", "model.num_heads=3"], "dividing model.dim=64"),
         (["model.router=sasrec", "model.num_interests=1", "model.dropout=1.0"], "model.dropout must be in"),
         (["model.dropout=-0.1"], "model.dropout must be in"),
+        (["eval.valid_users=0"], "eval.valid_users must be positive"),
         (["model.router=capsule", "model.dropout=0.2"], "not capsule"),
     ],
 )

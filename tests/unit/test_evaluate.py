@@ -57,10 +57,86 @@ def test_perfect_and_hopeless_rankings():
     assert hopeless.tolist() == [[0.0, 0.0]]
 
 
-def test_block_size_does_not_depend_on_world_size():
-    assert evaluate.block_size(1000, 1) == (1 << 20) // (4000 * 2)  # scores + per-interest partial sums
-    assert evaluate.block_size(1000, 1, num_interests=4) == (1 << 20) // (4000 * 5)
-    assert evaluate.block_size(10**9, 1) == 1
+def test_chunks_cover_rows_in_order_within_budget():
+    rng = np.random.default_rng(3)
+    lists = [list(range(int(n))) for n in rng.integers(0, 6, size=200)]
+    targets = to_csr(lists)
+    rows = np.flatnonzero(np.diff(targets[0]) > 0)
+    for k in (1, 4):
+        parts = evaluate.chunks(rows, targets, k, chunk_mb=0.05, block_items=1024)
+        np.testing.assert_array_equal(np.concatenate(parts), rows)
+        budget = int(0.05 * (1 << 20)) // (4 * 1024)
+        assert len(parts) > 1
+        # a chunk may exceed the budget by one row at most (a row is never split)
+        for part in parts:
+            weight = k + 1 + np.diff(targets[0])[part]
+            assert weight[:-1].sum() <= budget
+
+
+def _ranked_metrics(scores, banned, truth, ks):
+    """Brute force with ties against the target: an item scoring the same ranks above it."""
+    out = []
+    for k in ks:
+        ranks = [1 + sum(1 for j, s in enumerate(scores) if j != t and j not in banned and s >= scores[t]) for t in truth]
+        hits = [r for r, t in zip(ranks, truth) if r <= k and t not in banned]
+        dcg = sum(1 / math.log2(r + 1) for r in hits)
+        idcg = sum(1 / math.log2(r + 2) for r in range(min(len(truth), k)))
+        out += [len(hits) / len(truth), dcg / idcg, 1.0 if hits else 0.0]
+    return out
+
+
+def test_ties_count_against_the_target_and_early_exit_is_exact():
+    # Integer embeddings make many exact ties; tiny item blocks and a small cap exercise the
+    # early exit (targets dropped once `cap` items beat them) across many blocks.
+    rng = np.random.default_rng(11)
+    rows, num_items, k_int, dim = 15, 60, 2, 4
+    u = rng.integers(-1, 2, size=(rows, k_int, dim)).astype(np.float32)
+    items = rng.integers(-1, 2, size=(num_items, dim)).astype(np.float32)
+    history = [set(rng.choice(num_items, size=5, replace=False).tolist()) for _ in range(rows)]
+    targets = [set(rng.choice(num_items, size=rng.integers(1, 4), replace=False).tolist()) for _ in range(rows)]
+    targets[0] |= {next(iter(history[0]))}  # a masked target is never a hit, but still counts in recall's denominator
+    levels, ks = (2, 4), (3, 7)
+    want = np.zeros((len(levels), 3 * len(ks)))
+    for li, d in enumerate(levels):
+        for r in range(rows):
+            scores = (u[r, :, :d] @ items[:, :d].T).max(axis=0)
+            want[li] += _ranked_metrics(scores.tolist(), history[r], sorted(targets[r]), ks)
+    queries = torch.tensor(u)
+    for block in (1, 7, 4096):
+        got = evaluate.score_chunk(queries, torch.tensor(items), 0, np.arange(rows), to_csr(targets), [to_csr(history)],
+                                   levels, ks, True, block_items=block).sum(0)
+        np.testing.assert_allclose(got.numpy(), want, rtol=1e-12, atol=1e-12)
+    # All-zero embeddings tie everything: no hits, rather than perfect ones.
+    zero = evaluate.score_block(torch.zeros(rows, dim), torch.zeros(num_items, dim), np.arange(rows), to_csr(targets), [], levels, ks)
+    assert zero.abs().sum() == 0
+
+
+def test_sharded_counts_add_up_to_the_whole_table():
+    from distrec.ranking import count_above, level_scores
+    rng = np.random.default_rng(4)
+    u = torch.tensor(rng.normal(size=(6, 3, 8)), dtype=torch.float32)
+    items = torch.tensor(rng.normal(size=(50, 8)), dtype=torch.float32)
+    pair_rows = torch.tensor([0, 0, 1, 2, 3, 4, 5, 5])
+    pair_items = torch.tensor([3, 40, 7, 49, 0, 22, 10, 33])
+    ts = level_scores(u[pair_rows], items[pair_items], (4, 8))
+    skip_p, skip_i = torch.arange(8), pair_items
+    whole = count_above(u, items, 0, pair_rows, ts, skip_p, skip_i, (4, 8), cap=100, block_items=9)
+    parts = sum(count_above(u, items[lo:hi], lo, pair_rows, ts, skip_p, skip_i, (4, 8), cap=100, block_items=5)
+                for lo, hi in ((0, 17), (17, 34), (34, 50)))
+    torch.testing.assert_close(parts, whole)
+    scores = torch.stack([(u[:, :, :d] @ items[:, :d].T).amax(1) for d in (4, 8)], -1)  # [6, 50, L]
+    other = torch.ones(8, 50, 1, dtype=torch.bool)
+    other[torch.arange(8), pair_items] = False  # the target itself never counts
+    brute = ((scores[pair_rows] >= ts[:, None, :]) & other).sum(1)
+    torch.testing.assert_close(whole, brute)
+
+
+def test_sampled_rows_are_seeded_and_carry_a_standard_error():
+    targets = to_csr([[i % 7] for i in range(100)])
+    a, b = evaluate.sample_rows(targets, 30, seed=5), evaluate.sample_rows(targets, 30, seed=5)
+    np.testing.assert_array_equal(a, b)
+    assert len(np.unique(a)) == 30 and not np.array_equal(a, evaluate.sample_rows(targets, 30, seed=6))
+    assert len(evaluate.sample_rows(targets, 1000, seed=5)) == 100
 
 
 def test_multi_interest_block_matches_brute_force_max_over_interests():

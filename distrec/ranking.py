@@ -1,0 +1,96 @@
+"""Exact ranks of evaluation targets among all items, at every matryoshka level, counted over
+one shard of the item table at a time.
+
+With binary relevance, Recall@K, NDCG@K and HitRate@K need only each target's rank, not a
+top-K list: rank(t) = 1 + the number of other unmasked items j with score(j) >= score(t).
+Counts add up over disjoint item shards, so each rank of a job counts over its own rows of
+the item table and one all-reduce of the counts gives the exact global ranks; no rank ever
+holds the whole table.
+
+Ties are counted against the target (an item scoring exactly as the target ranks above it),
+so a degenerate model, e.g. all-zero embeddings, earns no hits rather than perfect ones.
+
+Only ranks up to `cap` (the largest K) matter: once a target has `cap` items above it at
+every level it can hit at no K, so it is dropped, and a user with no live target is no
+longer scored. Most targets die within the first item blocks, so most of the score matrix
+is never computed; the result is still exact.
+
+Imports: numpy, torch.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def level_scores(u: torch.Tensor, e: torch.Tensor, levels: tuple[int, ...]) -> torch.Tensor:
+    """Scores `[P, L]` of pairs (u [P, K, D] queries, e [P, D] items) at every level:
+    max over the K interests of the prefix inner product, summed level block by level block as
+    the blocked product does."""
+    out, partial, prev = [], torch.zeros(u.shape[:2], dtype=u.dtype, device=u.device), 0
+    for d in levels:
+        partial = partial + (u[:, :, prev:d] * e[:, None, prev:d]).sum(-1)
+        out.append(partial.amax(dim=1))
+        prev = d
+    return torch.stack(out, dim=1) if out else torch.zeros((u.shape[0], 0), dtype=u.dtype, device=u.device)
+
+
+def count_above(
+    u: torch.Tensor,
+    items: torch.Tensor,
+    first_id: int,
+    pair_rows: torch.Tensor,
+    target_scores: torch.Tensor,
+    skip_pairs: torch.Tensor,
+    skip_items: torch.Tensor,
+    levels: tuple[int, ...],
+    cap: int,
+    block_items: int,
+) -> torch.Tensor:
+    """Per (pair, level), how many items of this shard score at or above the pair's target,
+    not counting the (pair, item) combinations listed in `skip_*`; counts stop mattering at `cap`.
+
+    u: `[C, K, D]` queries of the block's rows; items: this shard's rows `[n, D]`, global ids
+    `first_id .. first_id + n - 1`; pair_rows: `[P]` row of each (row, target) pair;
+    target_scores: `[P, L]` (see `level_scores`); skip_pairs / skip_items: `[S]` pairs and global
+    item ids that must not count for them (the target itself, the row's masked items).
+    Returns int64 `[P, L]`, exact where below `cap`, at least `cap` otherwise.
+    """
+    num_pairs, num_levels = target_scores.shape
+    counts = torch.zeros((num_pairs, num_levels), dtype=torch.int64, device=u.device)
+    if num_pairs == 0 or items.shape[0] == 0:
+        return counts
+    k = u.shape[1]
+    local_skip = skip_items - first_id
+    order = torch.argsort(local_skip)
+    skip_pairs, local_skip = skip_pairs[order], local_skip[order]
+    for lo in range(0, items.shape[0], block_items):
+        hi = min(lo + block_items, items.shape[0])
+        live = (counts < cap).any(dim=1)
+        if not bool(live.any()):
+            break
+        live_pairs = torch.nonzero(live).squeeze(1)
+        rows, row_of_pair = torch.unique(pair_rows[live_pairs], return_inverse=True)
+        # The skips of live pairs that fall in this block: (position among live pairs, column).
+        s0, s1 = torch.searchsorted(local_skip, torch.tensor([lo, hi], device=u.device)).tolist()
+        pos_of_pair = torch.full((num_pairs,), -1, dtype=torch.int64, device=u.device)
+        pos_of_pair[live_pairs] = torch.arange(len(live_pairs), device=u.device)
+        sp, sc = pos_of_pair[skip_pairs[s0:s1]], local_skip[s0:s1] - lo
+        keep = sp >= 0
+        sp, sc = sp[keep], sc[keep]
+        ub, block = u[rows], items[lo:hi]
+        partial = torch.zeros((len(rows) * k, hi - lo), dtype=u.dtype, device=u.device)
+        thresholds = target_scores[live_pairs]
+        prev = 0
+        for li, d in enumerate(levels):
+            # Prefix scores grow level by level, so all levels together cost one full product.
+            partial.addmm_(ub[:, :, prev:d].reshape(-1, d - prev), block[:, prev:d].T)
+            prev = d
+            scores = partial.view(len(rows), k, -1).amax(dim=1) if k > 1 else partial
+            t = thresholds[:, li]
+            above = (scores.index_select(0, row_of_pair) >= t[:, None]).sum(dim=1)
+            skipped = scores[row_of_pair[sp], sc] >= t[sp]
+            above.index_add_(0, sp, -skipped.to(above.dtype))
+            counts[live_pairs, li] += above
+    return counts
