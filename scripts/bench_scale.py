@@ -22,7 +22,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from distrec import config, parallel  # noqa: E402
+from distrec import config, evaluate, parallel  # noqa: E402
 from distrec.data import load_dataset  # noqa: E402
 from distrec.workload import mrl4rec_workload  # noqa: E402
 
@@ -32,13 +32,16 @@ def main() -> None:
     p.add_argument("--preset", default="books")
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--eval-users", type=int, default=4096)
+    p.add_argument("--save", default=None, help="write the data and the trained tables here (a run layout "
+                   "that scripts/bench_eval.py reads): train one epoch's steps first to benchmark evaluation "
+                   "on a trained model")
     p.add_argument("overrides", nargs="*")
     args = p.parse_args()
     cfg = config.load(None, [f"data.synthetic.preset={args.preset}", *args.overrides])
     env = parallel.init(cfg.device)
     out = {"world_size": env.world_size, "preset": args.preset, "batch_size": cfg.train.batch_size, "sampler": cfg.train.sampler}
     t = time.perf_counter()
-    data = load_dataset(cfg.data)
+    data = load_dataset(cfg.data, out_dir=None if args.save is None else Path(args.save) / "data")
     out["data_seconds"] = time.perf_counter() - t
     out.update(users=data.num_users, items=data.num_items, train_pairs=int(data.train_users.size))
     t = time.perf_counter()
@@ -50,10 +53,16 @@ def main() -> None:
     for step in range(args.steps + 5):
         parallel.barrier(env)
         t = time.perf_counter()
-        batch = next(batches)  # building the batch (sampling included) is part of a step
+        batch = next(batches, None)  # building the batch (sampling included) is part of a step
+        if batch is None:  # past one epoch: the next one
+            batches = work.batches(2)
+            batch = next(batches)
         loss, _ = model(batch)
         loss.backward()
         parallel.barrier(env)
+        if step + 1 == 5 or (step + 1) % 500 == 0:
+            if env.is_main:
+                print(f"step {step + 1}", file=sys.stderr, flush=True)
         if step >= 5:  # the first steps warm up allocators and the kernels
             times.append(time.perf_counter() - t)
     step_s = float(np.median(times))
@@ -75,6 +84,13 @@ def main() -> None:
     out.update(eval_users=len(users_with_test), eval_seconds=eval_s, eval_users_per_s=len(users_with_test) / eval_s,
                full_eval_seconds_est=int((np.diff(test[0]) > 0).sum()) / (len(users_with_test) / eval_s),
                peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    if args.save is not None:
+        tables = model.module.tables
+        users, items = (evaluate.gather_table(t, n, env) for t, n in ((tables.users, data.num_users), (tables.items, data.num_items)))
+        if env.is_main:
+            (Path(args.save) / "embeddings").mkdir(parents=True, exist_ok=True)
+            np.save(Path(args.save) / "embeddings" / "user_embeddings.npy", users.cpu().numpy())
+            np.save(Path(args.save) / "embeddings" / "item_embeddings.npy", items.cpu().numpy())
     if env.is_main:
         print(json.dumps(out, default=lambda x: x.tolist() if hasattr(x, "tolist") else str(x)))
     parallel.shutdown()

@@ -186,3 +186,15 @@ def test_resume_from_a_checkpoint_equals_an_uninterrupted_run(world_size, task, 
         np.testing.assert_allclose(b[name], a[name], atol=1e-5)
     epochs = [json.loads(line)["epoch"] for line in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
     assert epochs == [1, 2, 3, 4]  # the log continues, nothing lost or repeated
+
+
+def test_books_config_trains_on_a_small_preset_with_sampled_validation(tmp_path):
+    # configs/books.yaml as committed, shrunk to the small preset and 2 epochs: it parses, trains,
+    # validates on its fixed sample with a standard error, and tests every test user.
+    result = run_ranks(_main, 2, tmp_path, ["--config", "configs/books.yaml", "data.synthetic.preset=small",
+                                            "train.epochs=2", "eval.valid_users=500", f"run_dir={tmp_path}/b"])[0]
+    records = [json.loads(line) for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    valid = records[-1]["valid"]["64"]
+    assert 0 < valid["recall@20_se"] < 0.05 and valid["recall@20"] > 0.05
+    assert "recall@20_se" not in result["test"]["64"]  # test is never sampled
+    assert set(result["seconds"]) == {"data", "train", "valid", "test"}

@@ -103,7 +103,7 @@ def test_ties_count_against_the_target_and_early_exit_is_exact():
             want[li] += _ranked_metrics(scores.tolist(), history[r], sorted(targets[r]), ks)
     queries = torch.tensor(u)
     for block in (1, 7, 4096):
-        got = evaluate.score_chunk(queries, torch.tensor(items), 0, np.arange(rows), to_csr(targets), [to_csr(history)],
+        got = evaluate.score_chunk(queries, evaluate.ItemShard.of(0, torch.tensor(items)), np.arange(rows), to_csr(targets), [to_csr(history)],
                                    levels, ks, True, block_items=block).sum(0)
         np.testing.assert_allclose(got.numpy(), want, rtol=1e-12, atol=1e-12)
     # All-zero embeddings tie everything: no hits, rather than perfect ones.
@@ -120,10 +120,18 @@ def test_sharded_counts_add_up_to_the_whole_table():
     pair_items = torch.tensor([3, 40, 7, 49, 0, 22, 10, 33])
     ts = level_scores(u[pair_rows], items[pair_items], (4, 8))
     skip_p, skip_i = torch.arange(8), pair_items
-    whole = count_above(u, items, 0, pair_rows, ts, skip_p, skip_i, (4, 8), cap=100, block_items=9)
-    parts = sum(count_above(u, items[lo:hi], lo, pair_rows, ts, skip_p, skip_i, (4, 8), cap=100, block_items=5)
-                for lo, hi in ((0, 17), (17, 34), (34, 50)))
-    torch.testing.assert_close(parts, whole)
+    whole = count_above(u, items, pair_rows, ts, skip_p, skip_i, (4, 8), cap=100, block_items=9)
+
+    def shard(lo, hi, perm):  # rows lo..hi-1 in the order `perm`, skips mapped to their positions
+        held = (skip_i >= lo) & (skip_i < hi)
+        position = torch.empty_like(perm)
+        position[perm] = torch.arange(len(perm))
+        return count_above(u, items[lo:hi][perm], pair_rows, ts, skip_p[held], position[skip_i[held] - lo], (4, 8),
+                           cap=100, block_items=5)
+
+    g = torch.Generator().manual_seed(0)
+    parts = sum(shard(lo, hi, torch.randperm(hi - lo, generator=g)) for lo, hi in ((0, 17), (17, 34), (34, 50)))
+    torch.testing.assert_close(parts, whole)  # any split, any order within a shard
     scores = torch.stack([(u[:, :, :d] @ items[:, :d].T).amax(1) for d in (4, 8)], -1)  # [6, 50, L]
     other = torch.ones(8, 50, 1, dtype=torch.bool)
     other[torch.arange(8), pair_items] = False  # the target itself never counts
