@@ -24,6 +24,7 @@ from distrec.parallel import DistEnv
 from distrec.ranking import count_above, level_scores
 
 Csr = tuple[np.ndarray, np.ndarray]  # (indptr [U + 1], column ids)
+SYNC_EVERY = 16  # sharded: item blocks between two sums of the counts over ranks (ranking.count_above)
 BLOCK_ITEMS = 1024  # items scored at once: 512-1024 measured fastest on a Books model (docs/benchmarks.md)
 
 
@@ -86,6 +87,7 @@ def evaluate(
     hitrate: bool = False,
     rows: np.ndarray | None = None,
     block_items: int = BLOCK_ITEMS,
+    sync_every: int = SYNC_EVERY,
 ) -> dict[str, dict[str, float]]:
     """Metrics averaged over the evaluated rows, per level: {"<d>": {"recall@20": x, ...}}.
 
@@ -97,7 +99,7 @@ def evaluate(
     item rows through the sharded table.
     """
     first_id, table = local_rows(items, num_items, env)
-    shard = ItemShard.of(first_id, table)
+    shard = ItemShard.of(first_id, table, max_rows=-(-int(num_items) // env.world_size))
     sampled = rows is not None
     rows = np.flatnonzero(np.diff(targets[0]) > 0) if rows is None else np.asarray(rows, dtype=np.int64)
     names = metric_names(ks, hitrate)
@@ -106,7 +108,7 @@ def evaluate(
         lo, hi = _slice(len(chunk), env)
         queries = encode(chunk[lo:hi]).float()
         queries = parallel.all_gather_rows(queries if queries.dim() == 3 else queries[:, None], env, len(chunk))
-        per_row = score_chunk(queries, shard, chunk, targets, exclude, levels, ks, hitrate, block_items, env)
+        per_row = score_chunk(queries, shard, chunk, targets, exclude, levels, ks, hitrate, block_items, env, sync_every)
         sums += torch.stack([per_row.sum(0), per_row.pow(2).sum(0)])
     n = max(len(rows), 1)
     means = sums[0] / n
@@ -143,13 +145,14 @@ class ItemShard:
     first_id: int
     rows: torch.Tensor  # [n, D], sorted
     position: torch.Tensor  # [n] int64
+    max_rows: int  # the largest slice over ranks (all ranks scan that many blocks)
 
     @classmethod
-    def of(cls, first_id: int, table: torch.Tensor) -> "ItemShard":
+    def of(cls, first_id: int, table: torch.Tensor, max_rows: int | None = None) -> "ItemShard":
         order = torch.argsort(table.norm(dim=1), descending=True, stable=True)
         position = torch.empty_like(order)
         position[order] = torch.arange(len(order), device=order.device)
-        return cls(first_id, table[order], position)
+        return cls(first_id, table[order], position, len(order) if max_rows is None else max_rows)
 
     def local(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(mask of the global `ids` held here, their positions in `rows`)."""
@@ -168,6 +171,7 @@ def score_chunk(
     hitrate: bool,
     block_items: int = BLOCK_ITEMS,
     env: DistEnv | None = None,
+    sync_every: int = SYNC_EVERY,
 ) -> torch.Tensor:
     """Per-row metric values `[C, L, len(metric_names)]` (float64, on the CPU) of the rows
     `rows`, whose queries `[C, K, D]` are given, against this rank's `shard` of the items.
@@ -196,8 +200,10 @@ def score_chunk(
     if env is not None:
         target_scores = parallel.all_reduce_sum(target_scores, env)  # exactly one rank owns each target
     skip_held, skip_pos = shard.local(torch.as_tensor(skip_items, device=dev))
+    sharded = env is not None and env.world_size > 1
     counts = count_above(queries, shard.rows, prow_t, target_scores, torch.as_tensor(skip_pairs, device=dev)[skip_held],
-                         skip_pos, levels, cap, block_items)
+                         skip_pos, levels, cap, block_items, num_blocks=-(-shard.max_rows // block_items),
+                         sync=(lambda c: parallel.all_reduce_sum(c, env)) if sharded else None, sync_every=sync_every)
     if env is not None:
         counts = parallel.all_reduce_sum(counts, env)
     ranks = counts.cpu() + 1

@@ -20,6 +20,8 @@ Imports: numpy, torch.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 
@@ -46,6 +48,9 @@ def count_above(
     levels: tuple[int, ...],
     cap: int,
     block_items: int,
+    num_blocks: int | None = None,
+    sync: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    sync_every: int = 16,
 ) -> torch.Tensor:
     """Per (pair, level), how many rows of `items` score at or above the pair's target, not
     counting the (pair, item) combinations listed in `skip_*`; counts stop mattering at `cap`.
@@ -56,20 +61,34 @@ def count_above(
     skip_pairs / skip_positions: `[S]` pairs and positions in `items` that must not count for
     them (the target itself, the row's masked items).
     Returns int64 `[P, L]`, exact where below `cap`, at least `cap` otherwise.
+
+    Sharded (each rank counts over its own rows): `sync(counts)` sums the counts over ranks (a
+    collective) and is called every `sync_every` blocks, so that a target beaten `cap` times on
+    the other ranks is dropped here too; without it, each rank would keep scoring targets whose
+    global rank is up to world_size x `cap`, and the rank holding the weaker items would do
+    most of the work. `num_blocks` (the same on every rank) fixes the schedule of those calls.
+    The sum over ranks of the returned counts stays exact below `cap`: counts only grow, and a
+    pair is dropped only when the counts already known reach `cap`.
     """
     num_pairs, num_levels = target_scores.shape
     counts = torch.zeros((num_pairs, num_levels), dtype=torch.int64, device=u.device)
-    if num_pairs == 0 or items.shape[0] == 0:
+    if num_pairs == 0:  # the same on every rank: no rank skips the syncs below alone
         return counts
     k = u.shape[1]
     local_skip = skip_positions
     order = torch.argsort(local_skip)
     skip_pairs, local_skip = skip_pairs[order], local_skip[order]
-    for lo in range(0, items.shape[0], block_items):
-        hi = min(lo + block_items, items.shape[0])
-        live = (counts < cap).any(dim=1)
-        if not bool(live.any()):
-            break
+    n = items.shape[0]
+    others = torch.zeros_like(counts)  # the other ranks' counts at the last sync
+    for bi in range(-(-n // block_items) if num_blocks is None else num_blocks):
+        if sync is not None and bi and bi % sync_every == 0:
+            others = sync(counts.clone()) - counts
+        lo, hi = bi * block_items, min((bi + 1) * block_items, n)
+        live = (counts + others < cap).any(dim=1)
+        if lo >= hi or not bool(live.any()):
+            if sync is None:
+                break
+            continue  # keep taking part in the remaining syncs
         live_pairs = torch.nonzero(live).squeeze(1)
         rows, row_of_pair = torch.unique(pair_rows[live_pairs], return_inverse=True)
         # The skips of live pairs that fall in this block: (position among live pairs, column).
@@ -85,13 +104,10 @@ def count_above(
         thresholds = target_scores[live_pairs]
         prev = 0
         for li, d in enumerate(levels):
-            # Prefix scores grow level by level, so all levels together cost one full product.
             partial.addmm_(ub[:, :, prev:d].reshape(-1, d - prev), block[:, prev:d].T)
             prev = d
             scores = partial.view(len(rows), k, -1).amax(dim=1) if k > 1 else partial
             t = thresholds[:, li]
-            # Compare into a float buffer and sum floats: summing a bool tensor converts it to
-            # int64 first, which cost 6x the comparison itself (exact: counts < 2**24).
             torch.index_select(scores, 0, row_of_pair, out=gathered)
             torch.ge(gathered, t[:, None], out=gathered)
             above = gathered.sum(dim=1)

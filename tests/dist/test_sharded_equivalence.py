@@ -64,6 +64,11 @@ def rank_body(overrides: list[str], weights, csr, batch_arrays):
         encode = evaluate.user_encoder(tables, env.device)
         valid = evaluate.evaluate(encode, tables.items, NUM_ITEMS, env, csr["valid"], [csr["train"]], **args)
         test = evaluate.evaluate(encode, tables.items, NUM_ITEMS, env, csr["test"], [csr["train"], csr["valid"]], **args)
+        # One-item blocks, counts summed over ranks every 2 blocks and K = 1 in ks: targets drop
+        # out mid-scan on counts partly from the other rank; the metrics must not change.
+        synced = evaluate.evaluate(encode, tables.items, NUM_ITEMS, env, csr["test"], [csr["train"], csr["valid"]],
+                                   **args, block_items=1, sync_every=2)
+        assert_metrics_equal(synced, test)  # other chunks (block size sets them): equal up to the sum's order
         users, pos, cands = batch_arrays
         mine = np.array_split(np.arange(len(users)), env.world_size)[env.rank]
         batch = Batch(torch.as_tensor(users[mine]), torch.as_tensor(pos[mine]), torch.as_tensor(cands[mine]), len(users), env.world_size)
