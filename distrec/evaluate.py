@@ -7,7 +7,7 @@ target's exact global rank, from which Recall, NDCG and HitRate follow (binary r
 no top-K list). Users are taken in chunks whose size depends only on the data and `chunk_mb`,
 never on the world size; each rank encodes its share of a chunk and the queries are
 all-gathered, so every world size gives the one-process numbers.
-Imports: numpy, torch, distrec.parallel, distrec.embeddings, distrec.ranking.
+Imports: numpy, torch, distrec.parallel, distrec.embeddings, distrec.ranking, distrec.data.sequences (ranges).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from distrec import parallel
+from distrec.data.sequences import ranges
 from distrec.embeddings import Tables, lookup_padded
 from distrec.parallel import DistEnv
 from distrec.ranking import count_above, level_scores
@@ -131,8 +132,7 @@ def _pairs(csr: Csr, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     starts, ends = indptr[users], indptr[users + 1]
     counts = ends - starts
     rows = np.repeat(np.arange(len(users), dtype=np.int64), counts)
-    offsets = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
-    return rows, cols[np.repeat(starts, counts) + offsets]
+    return rows, cols[np.repeat(starts, counts) + ranges(counts)]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -177,24 +177,21 @@ def score_chunk(
     `rows`, whose queries `[C, K, D]` are given, against this rank's `shard` of the items.
     With `env`, target scores and counts are summed over ranks (each holds one slice)."""
     dev = shard.rows.device
-    pair_rows, pair_items = _pairs(targets, rows)
-    # One pair per distinct (row, target).
-    key = np.unique(pair_rows * np.int64(1 << 32) + pair_items)
-    pair_rows, pair_items = key >> 32, key & ((1 << 32) - 1)
+    pair_rows, pair_items = _unique_pairs(*_pairs(targets, rows))  # one pair per distinct (row, target)
+    num_pairs = len(pair_rows)
     # Items that must not count for a pair: the target itself and the row's masked items.
-    skip_pairs, skip_items = [np.arange(len(key))], [pair_items]
-    masked_target = np.zeros(len(key), dtype=bool)  # a masked target can never be hit
+    skip_pairs, skip_items = [np.arange(num_pairs)], [pair_items]
+    masked_target = np.zeros(num_pairs, dtype=bool)  # a masked target can never be hit
     for csr in exclude:
         p, i = _join(pair_rows, *_pairs(csr, rows))
         masked_target[p[i == pair_items[p]]] = True
         skip_pairs.append(p)
         skip_items.append(i)
-    skip = np.unique(np.concatenate(skip_pairs) * np.int64(1 << 32) + np.concatenate(skip_items))
-    skip_pairs, skip_items = skip >> 32, skip & ((1 << 32) - 1)
+    skip_pairs, skip_items = _unique_pairs(np.concatenate(skip_pairs), np.concatenate(skip_items))
 
     prow_t = torch.as_tensor(pair_rows, device=dev)
     owned, owned_pos = shard.local(torch.as_tensor(pair_items, device=dev))
-    target_scores = torch.zeros((len(key), len(levels)), dtype=torch.float32, device=dev)
+    target_scores = torch.zeros((num_pairs, len(levels)), dtype=torch.float32, device=dev)
     target_scores[owned] = level_scores(queries[prow_t[owned]], shard.rows[owned_pos], levels)
     cap = max(ks)
     if env is not None:
@@ -238,8 +235,13 @@ def _join(pair_rows: np.ndarray, ex_rows: np.ndarray, ex_items: np.ndarray) -> t
     pair_rows must be sorted (pairs come row by row)."""
     start = np.searchsorted(pair_rows, ex_rows, side="left")
     count = np.searchsorted(pair_rows, ex_rows, side="right") - start
-    offsets = np.arange(count.sum()) - np.repeat(np.cumsum(count) - count, count)
-    return np.repeat(start, count) + offsets, np.repeat(ex_items, count)
+    return np.repeat(start, count) + ranges(count), np.repeat(ex_items, count)
+
+
+def _unique_pairs(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct (a, b) pairs of non-negative ints below 2**32, sorted by a, then b."""
+    key = np.unique(a * np.int64(1 << 32) + b)
+    return key >> 32, key & ((1 << 32) - 1)
 
 
 def score_block(

@@ -75,9 +75,8 @@ def count_above(
     if num_pairs == 0:  # the same on every rank: no rank skips the syncs below alone
         return counts
     k = u.shape[1]
-    local_skip = skip_positions
-    order = torch.argsort(local_skip)
-    skip_pairs, local_skip = skip_pairs[order], local_skip[order]
+    order = torch.argsort(skip_positions)  # by position, so each block's skips are one slice
+    skip_pairs, skip_positions = skip_pairs[order], skip_positions[order]
     n = items.shape[0]
     others = torch.zeros_like(counts)  # the other ranks' counts at the last sync
     for bi in range(-(-n // block_items) if num_blocks is None else num_blocks):
@@ -92,10 +91,10 @@ def count_above(
         live_pairs = torch.nonzero(live).squeeze(1)
         rows, row_of_pair = torch.unique(pair_rows[live_pairs], return_inverse=True)
         # The skips of live pairs that fall in this block: (position among live pairs, column).
-        s0, s1 = torch.searchsorted(local_skip, torch.tensor([lo, hi], device=u.device)).tolist()
+        s0, s1 = torch.searchsorted(skip_positions, torch.tensor([lo, hi], device=u.device)).tolist()
         pos_of_pair = torch.full((num_pairs,), -1, dtype=torch.int64, device=u.device)
         pos_of_pair[live_pairs] = torch.arange(len(live_pairs), device=u.device)
-        sp, sc = pos_of_pair[skip_pairs[s0:s1]], local_skip[s0:s1] - lo
+        sp, sc = pos_of_pair[skip_pairs[s0:s1]], skip_positions[s0:s1] - lo
         keep = sp >= 0
         sp, sc = sp[keep], sc[keep]
         ub, block = u[rows], items[lo:hi]

@@ -88,7 +88,7 @@ class SequenceData:
         """
         users = self.train_users
         count = np.maximum(self.lengths[users] - self.min_train_position, 0)
-        return np.repeat(users, count), _ranges(count) + self.min_train_position
+        return np.repeat(users, count), ranges(count) + self.min_train_position
 
     def history_ends(self, users: np.ndarray) -> np.ndarray:
         """int64 [U]: where the targets of evaluation users start: max(1, int(history_fraction * len)).
@@ -117,7 +117,7 @@ class SequenceData:
         count = ends - starts
         indptr = np.zeros(users.size + 1, np.int64)
         np.cumsum(count, out=indptr[1:])
-        at = np.repeat(self.seq_indptr[users] + starts, count) + _ranges(count)
+        at = np.repeat(self.seq_indptr[users] + starts, count) + ranges(count)
         return indptr, self.seq_items[at]
 
 
@@ -261,7 +261,7 @@ def load_sequences(data_cfg: DataConfig) -> SequenceData:
     return data
 
 
-def _ranges(count: np.ndarray) -> np.ndarray:
+def ranges(count: np.ndarray) -> np.ndarray:
     """int64 [sum(count)]: 0..count[0]-1, 0..count[1]-1, ... concatenated."""
     total = int(count.sum())
     starts = np.cumsum(count) - count
