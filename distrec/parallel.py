@@ -43,6 +43,11 @@ class DistEnv:
         return self.rank == 0
 
 
+# One CPU process and no process group: for scoring exported embeddings outside a training job
+# (every collective here is the identity at world size 1).
+ONE_PROCESS = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), backend="gloo")
+
+
 def init(device: str = "auto", timeout_s: int = 1800) -> DistEnv:
     """Join (or, for a plain `python -m distrec.train`, create) the default process group.
 

@@ -42,13 +42,12 @@ from distrec import config
 from distrec.data import load_dataset
 from distrec.data.dataset import InteractionData
 from distrec.evaluate import evaluate
-from distrec.parallel import DistEnv
+from distrec.parallel import ONE_PROCESS
 
 FACTORS = 64  # distrec's model.dim in every mrl4rec config
 KS = (10, 20, 50)
 SELECT = "recall@20"  # distrec's eval.select_metric
 # world_size=1 makes every collective in distrec.parallel a no-op, so no process group is needed.
-ONE_PROCESS = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), backend="gloo")
 
 
 def suggest_als(trial: optuna.Trial) -> dict:

@@ -18,6 +18,7 @@ import torch
 
 from distrec import evaluate
 from distrec.data import read_parquet
+from distrec.parallel import ONE_PROCESS
 from distrec.runner import launch
 
 # Each variant is the config plus these overrides.
@@ -47,12 +48,9 @@ def recall_by_dim(run_dir: Path) -> dict[int, float]:
     data = read_parquet(run_dir / "data")
     users = torch.from_numpy(np.load(run_dir / "embeddings" / "user_embeddings.npy"))
     items = torch.from_numpy(np.load(run_dir / "embeddings" / "item_embeddings.npy"))
-    test = data.csr("test")
-    eval_users = np.flatnonzero(np.diff(test[0]) > 0)
-    sums = torch.zeros((len(DIMS), 2), dtype=torch.float64)
-    for block in evaluate.chunks(eval_users, test, 1, 256):
-        sums += evaluate.score_block(users[block], items, block, test, [data.csr("train"), data.csr("valid")], DIMS, (20,))
-    return {d: float(s) for d, s in zip(DIMS, sums[:, 0] / len(eval_users))}
+    metrics = evaluate.evaluate(lambda rows: users[torch.as_tensor(rows)], lambda ids: items[ids], data.num_items, ONE_PROCESS,
+                                data.csr("test"), [data.csr("train"), data.csr("valid")], DIMS, (20,))
+    return {d: metrics[str(d)]["recall@20"] for d in DIMS}
 
 
 def main() -> None:
