@@ -65,9 +65,13 @@ def chunks(rows: np.ndarray, targets: Csr, num_interests: int, chunk_mb: float, 
     return [rows[a:b] for a, b in zip(np.concatenate([[0], ends[:-1]]), ends) if b > a]
 
 
+def rows_with_targets(targets: Csr) -> np.ndarray:
+    return np.flatnonzero(np.diff(targets[0]) > 0)
+
+
 def sample_rows(targets: Csr, n: int | None, seed: int) -> np.ndarray:
     """Rows with targets; a fixed seeded sample of `n` of them (sorted) when `n` is smaller."""
-    rows = np.flatnonzero(np.diff(targets[0]) > 0)
+    rows = rows_with_targets(targets)
     if n is None or n >= len(rows):
         return rows
     return np.sort(np.random.default_rng(seed).choice(rows, size=n, replace=False))
@@ -102,7 +106,7 @@ def evaluate(
     first_id, table = local_rows(items, num_items, env)
     shard = ItemShard.of(first_id, table, max_rows=-(-int(num_items) // env.world_size))
     sampled = rows is not None
-    rows = np.flatnonzero(np.diff(targets[0]) > 0) if rows is None else np.asarray(rows, dtype=np.int64)
+    rows = rows_with_targets(targets) if rows is None else np.asarray(rows, dtype=np.int64)
     names = metric_names(ks, hitrate)
     sums = torch.zeros((2, len(levels), len(names)), dtype=torch.float64)  # sum and sum of squares over rows
     for chunk in chunks(rows, targets, num_interests, chunk_mb, block_items):

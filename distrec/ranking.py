@@ -15,14 +15,13 @@ every level it can hit at no K, so it is dropped, and a user with no live target
 longer scored. Most targets die within the first item blocks, so most of the score matrix
 is never computed; the result is still exact.
 
-Imports: numpy, torch.
+Imports: torch.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-import numpy as np
 import torch
 
 
