@@ -8,6 +8,7 @@ however the table is sharded. Imports: torch, torchrec, distrec.config.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 
@@ -73,6 +74,35 @@ class Tables(nn.Module):
 
     def items(self, ids: torch.Tensor) -> torch.Tensor:
         return lookup(self.item_table, ITEM, ids)
+
+    def local_items(self) -> tuple[list["LocalShard"], bool]:
+        """The item table's blocks held by this rank and whether that is the whole table on
+        every rank (see `local_shards`). Taken once, after sharding: the views stay live."""
+        if not hasattr(self, "_local_items"):
+            self._local_items = local_shards(self.item_table, ITEM)
+        return self._local_items
+
+
+@dataclasses.dataclass(frozen=True)
+class LocalShard:
+    """A block of a table held by this rank: rows from `first_row`, columns from `first_col`."""
+
+    first_row: int
+    first_col: int
+    weight: torch.Tensor  # [rows, cols], a view of the trained weights: updates show through
+
+
+def local_shards(collection: nn.Module, key: str) -> tuple[list[LocalShard], bool]:
+    """(this rank's blocks of the collection's table, whether every rank holds all of it).
+
+    A sharded table's state dict is a ShardedTensor whose local shards are views of the fused
+    kernel's weights (fbgemm updates them in place, so the views stay current); a replicated
+    (data-parallel) or unsharded table is a plain tensor, the same on every rank."""
+    weight = next(v for k, v in collection.state_dict().items() if k.endswith(f"{key}.weight"))
+    if hasattr(weight, "local_shards"):
+        return [LocalShard(int(sh.metadata.shard_offsets[0]), int(sh.metadata.shard_offsets[1]), sh.tensor.detach())
+                for sh in weight.local_shards()], False
+    return [LocalShard(0, 0, weight.detach())], True
 
 
 def lookup(collection: nn.Module, key: str, ids: torch.Tensor) -> torch.Tensor:

@@ -13,7 +13,7 @@ import dataclasses
 import torch
 from torch import nn
 
-from distrec import losses, samplers
+from distrec import losses, parallel, samplers
 from distrec.config import ModelConfig, TrainConfig
 from distrec.data.batches import DeviceBatch
 from distrec.embeddings import Tables
@@ -34,9 +34,10 @@ class Batch(DeviceBatch):
 
 
 class MatryoshkaMF(nn.Module):
-    def __init__(self, tables: Tables, model_cfg: ModelConfig, train_cfg: TrainConfig):
+    def __init__(self, tables: Tables, model_cfg: ModelConfig, train_cfg: TrainConfig, env: parallel.DistEnv):
         super().__init__()
         self.tables = tables
+        self.env = env
         self.levels = tuple(model_cfg.levels)
         self.weights = model_cfg.weights
         self.loss_kind = train_cfg.loss
@@ -53,7 +54,7 @@ class MatryoshkaMF(nn.Module):
         if self.loss_kind == "softmax":
             per_sample, regularised = self._softmax(u, batch)
         else:
-            negs = self.choose_negatives(u.detach(), batch.cands)  # [B, J]
+            negs = self.choose_negatives(u.detach(), batch.cands, batch.global_size)  # [B, J]
             # Positives and chosen negatives share one lookup: one all-to-all instead of two.
             rows = self.tables.items(torch.cat([batch.pos, negs.reshape(-1)]))
             pos, neg = rows[:b], rows[b:].view(b, negs.shape[1], -1)
@@ -97,17 +98,27 @@ class MatryoshkaMF(nn.Module):
             per_sample = losses.matryoshka_softmax(u, pos, negs, self.levels, self.weights, hits)
         return per_sample, (u, pos)
 
-    def choose_negatives(self, u: torch.Tensor, cands: torch.Tensor) -> torch.Tensor:
-        """Candidate ids `[B, G, N]` -> chosen negative ids `[B, J]` (J = 1, or L for MNS)."""
-        b, groups, n = cands.shape
+    def choose_negatives(self, u: torch.Tensor, cands: torch.Tensor, global_size: int) -> torch.Tensor:
+        """Candidate ids `[B, G, N]` -> chosen negative ids `[B, J]` (J = 1, or L for MNS).
+
+        Candidates are scored where their rows live (`samplers.candidate_scores`): the ranks
+        exchange the batch's user vectors and candidate ids (a few hundred KB) and sum their
+        partial scores, instead of moving every candidate's row (80 x 256 B per pair) through
+        the sharded table's all-to-all. Picks equal `samplers.select_hardest` on the whole table.
+        """
+        b, groups, _ = cands.shape
         if self.sampler == "uniform":
             return cands[:, 0, :1]
-        with torch.no_grad():  # scoring candidates needs no gradient: only the chosen ones train
-            # Candidates repeat (B * G * N draws over the catalogue): look each id up once.
-            distinct, where = torch.unique(cands, return_inverse=True)
-            rows = self.tables.items(distinct)
-        pick = samplers.select_hardest(u, rows, where, self.levels, self.sampler)  # [B, J] into N
-        group = torch.arange(pick.shape[1], device=cands.device) if groups > 1 else torch.zeros(
-            pick.shape[1], dtype=torch.long, device=cands.device
-        )
+        shards, replicated = self.tables.local_items()
+        picks = samplers.scored_levels(self.sampler, self.levels, groups)
+        if replicated or self.env.world_size == 1:
+            scores = samplers.candidate_scores(u, cands, shards, picks)  # [J, B, N]
+        else:
+            rows = -(-global_size // self.env.world_size)  # the largest local batch
+            every_u = parallel.all_gather_padded(u, self.env, rows)
+            every_cands = parallel.all_gather_padded(cands, self.env, rows)
+            scores = parallel.all_reduce_sum(samplers.candidate_scores(every_u, every_cands, shards, picks), self.env)
+            scores = scores[:, self.env.rank * rows : self.env.rank * rows + b]
+        pick = scores.argmax(dim=2).T  # [B, J] into N; ties: the first candidate, as select_hardest
+        group = torch.tensor([g for _, g in picks], device=cands.device)
         return cands[torch.arange(b, device=cands.device)[:, None], group[None, :], pick]

@@ -104,6 +104,9 @@ def shard(model: nn.Module, env: DistEnv, cfg: ModelConfig, table_names: dict[st
         constraints[table] = ParameterConstraints(
             sharding_types=[ShardingType[kind.upper()].value],
             compute_kernels=[_DENSE if kind == "data_parallel" else _FUSED],
+            # Column-wise: blocks of dim / world_size columns (a multiple of 4, as fbgemm needs),
+            # one per rank; the planner's default block is the whole row, i.e. one rank.
+            min_partition=_column_block(cfg.dim, env.world_size) if kind == "column_wise" else None,
         )
     compute_device = "cuda" if env.device.type == "cuda" else "cpu"
     # The planner warns on every run about estimates that do not matter here (the tables are
@@ -122,6 +125,13 @@ def shard(model: nn.Module, env: DistEnv, cfg: ModelConfig, table_names: dict[st
     # as mean over the global batch times world_size gives one-process gradients on both.
     set_gradient_division(True)
     return DistributedModelParallel(module=model, device=env.device, plan=plan)
+
+
+def _column_block(dim: int, world_size: int) -> int:
+    block = max(4, dim // world_size // 4 * 4)
+    while dim % block:  # equal blocks: TorchRec cuts the row into dim / block of them
+        block -= 4
+    return block
 
 
 def _local_world_size(env: DistEnv) -> int:
@@ -151,6 +161,18 @@ def all_gather_rows(t: torch.Tensor, env: DistEnv, total_rows: int) -> torch.Ten
     out = [torch.empty_like(padded) for _ in range(env.world_size)]
     dist.all_gather(out, padded)
     return torch.cat(out)[:total_rows]
+
+
+def all_gather_padded(t: torch.Tensor, env: DistEnv, rows: int) -> torch.Tensor:
+    """Every rank's `t [n_r <= rows, ...]`, zero-padded to `rows`: `[world_size * rows, ...]`,
+    rank r's rows at `r * rows` (for local batches, whose sizes differ by at most one)."""
+    padded = t.new_zeros((rows, *t.shape[1:]))
+    padded[: t.shape[0]] = t
+    if env.world_size == 1:
+        return padded
+    out = [torch.empty_like(padded) for _ in range(env.world_size)]
+    dist.all_gather(out, padded)
+    return torch.cat(out)
 
 
 def barrier(env: DistEnv) -> None:

@@ -91,7 +91,7 @@ def mrl4rec_workload(cfg: Config, env: parallel.DistEnv, data: InteractionData) 
 
     def build():
         tables = Tables(data.num_users, data.num_items, cfg.model)
-        return shard_task(MatryoshkaMF(tables, cfg.model, cfg.train), tables, cfg, env)
+        return shard_task(MatryoshkaMF(tables, cfg.model, cfg.train, env), tables, cfg, env)
 
     def batches(epoch: int) -> Iterator[Batch]:
         rng = np.random.default_rng([cfg.train.seed, epoch, env.rank])  # candidates: per rank and epoch

@@ -49,7 +49,7 @@ def build(overrides: list[str], env):
     cfg = config.load(None, [f"model.dim={DIM}", f"model.levels={list(LEVELS)}", "train.loss=mrl", "train.sampler=mns", f"train.lr={LR}", "train.l2=1e-4", *overrides])
     tables = Tables(NUM_USERS, NUM_ITEMS, cfg.model)
     attach_fused_optimizer(tables, cfg.train, cfg.model)
-    model = parallel.shard(MatryoshkaMF(tables, cfg.model, cfg.train), env, cfg.model, TABLE_SHARDING_FIELDS)
+    model = parallel.shard(MatryoshkaMF(tables, cfg.model, cfg.train, env), env, cfg.model, TABLE_SHARDING_FIELDS)
     return cfg, model, dense_optimizers(model, cfg.train)
 
 
@@ -139,15 +139,19 @@ SHARDINGS = [
     ["model.collection=bag", "model.user_sharding=table_wise", "model.item_sharding=table_wise"],
     ["model.collection=sequence", "model.user_sharding=row_wise", "model.item_sharding=row_wise"],
     ["model.collection=bag", "model.user_sharding=column_wise", "model.item_sharding=data_parallel"],
+    # Items by columns: MNS scores each level's prefix from partial sums over the ranks' columns.
+    ["model.collection=bag", "model.user_sharding=table_wise", "model.item_sharding=column_wise"],
 ]
 
 
 # (sharding, loss, Gramian weight): every sharding with the MRL loss and the whole-catalogue term;
 # the full softmax on one sharding (its lookups are the same as the Gramian's).
-CASES = [(SHARDINGS[0], "mrl", 0.5), (SHARDINGS[1], "mrl", 0.5), (SHARDINGS[2], "mrl", 0.0), (SHARDINGS[0], "softmax", 0.0)]
+CASES = [(SHARDINGS[0], "mrl", 0.5), (SHARDINGS[1], "mrl", 0.5), (SHARDINGS[2], "mrl", 0.0), (SHARDINGS[3], "mrl", 0.0),
+         (SHARDINGS[0], "softmax", 0.0)]
 
 
-@pytest.mark.parametrize("sharding,loss_kind,gramian", CASES, ids=["table_wise", "row_wise", "column_wise+data_parallel", "softmax"])
+@pytest.mark.parametrize("sharding,loss_kind,gramian", CASES,
+                         ids=["table_wise", "row_wise", "column_wise+data_parallel", "item_column_wise", "softmax"])
 def test_two_ranks_equal_one_process_and_plain_torch(sharding, loss_kind, gramian, tmp_path):
     weights, csr, batch = make_problem()
     overrides = [*sharding, "train.optimizer=sgd", f"train.loss={loss_kind}", f"train.gramian={gramian}"]

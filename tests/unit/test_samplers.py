@@ -71,3 +71,40 @@ def test_candidate_shapes():
     assert samplers.candidate_shape("dns", 16, 5, "per_level") == (1, 16)
     assert samplers.candidate_shape("mns", 16, 5, "per_level") == (5, 16)
     assert samplers.candidate_shape("mns", 16, 5, "shared") == (1, 16)
+
+
+def test_membership_filter_agrees_with_the_exact_set():
+    # Members pass the filter and are settled by the exact search; most non-members stop at
+    # the filter, a few (its false positives) reach the search too: every path is taken.
+    rng = np.random.default_rng(5)
+    users, items = rng.integers(0, 300, 3000), rng.integers(0, 1000, 3000)
+    keys = np.unique(users * 1000 + items)
+    s = samplers.CandidateSampler(keys // 1000, keys % 1000, num_items=1000)
+    q_users, q_items = rng.integers(0, 300, 50000), rng.integers(0, 1000, 50000)
+    q_users[: len(keys)], q_items[: len(keys)] = keys // 1000, keys % 1000  # every training pair is a member
+    expect = np.isin(q_users * 1000 + q_items, keys)
+    assert expect.sum() >= len(keys) and (~expect).sum() > 40000
+    assert (s.is_train(q_users, q_items) == expect).all()
+
+
+def _blocks(table: torch.Tensor, row_cuts: list[int], col_cuts: list[int]) -> list[list]:
+    """The table cut into a grid of LocalShard blocks, one list per 'rank' (one block each)."""
+    from distrec.embeddings import LocalShard
+
+    rows, cols = [0, *row_cuts, table.shape[0]], [0, *col_cuts, table.shape[1]]
+    return [[LocalShard(r0, c0, table[r0:r1, c0:c1])] for r0, r1 in zip(rows, rows[1:]) for c0, c1 in zip(cols, cols[1:])]
+
+
+@pytest.mark.parametrize("sampler,groups", [("mns", 3), ("mns", 1), ("dns", 1)])
+@pytest.mark.parametrize("row_cuts,col_cuts", [([], []), ([7], []), ([], [4]), ([5, 13], [2, 6])], ids=["whole", "rows", "columns", "grid"])
+def test_partial_candidate_scores_sum_to_the_whole_table_picks(sampler, groups, row_cuts, col_cuts):
+    """Scores summed over any split of the table by rows and columns (as ranks hold it) pick
+    what select_hardest picks over the whole table."""
+    g = torch.Generator().manual_seed(7)
+    levels, table = (2, 4, 8), torch.randn(20, 8, generator=g)
+    u, cands = torch.randn(9, 8, generator=g), torch.randint(0, 20, (9, groups, 6), generator=g)
+    picks = samplers.scored_levels(sampler, levels, groups)
+    total = sum(samplers.candidate_scores(u, cands, shards, picks) for shards in _blocks(table, row_cuts, col_cuts))
+    for j, (d, grp) in enumerate(picks):  # the scores themselves: <u[:d], item[:d]>
+        torch.testing.assert_close(total[j], torch.einsum("bd,bnd->bn", u[:, :d], table[cands[:, grp], :d]))
+    assert (total.argmax(dim=2).T == samplers.select_hardest(u, table, cands, levels, sampler)).all()
