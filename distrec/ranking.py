@@ -74,6 +74,15 @@ def count_above(
     if num_pairs == 0:  # the same on every rank: no rank skips the syncs below alone
         return counts
     k = u.shape[1]
+    # Cauchy-Schwarz: an item scores at most |u[:d]| |e[:d]| (the best interest's norm for K > 1).
+    # Once that bound, over every item not yet scanned, is below a target's score at a level,
+    # nothing left can reach it: the level is final. Items come in decreasing norm, so bounds
+    # fall fast: at the 50th-best score, a trained Books model is final after ~8% of the items.
+    # The relative margin covers float32 rounding of the products (|error| << 1e-4 |bound|).
+    prefix_norms = torch.stack([items[:, :d].norm(dim=1) for d in levels], dim=1)  # [n, L]
+    remaining_max = torch.flip(torch.cummax(torch.flip(prefix_norms, [0]), dim=0).values, [0])  # max over j >= i
+    query_norms = torch.stack([u[:, :, :d].norm(dim=2).amax(dim=1) for d in levels], dim=1)[pair_rows]  # [P, L]
+    reach = (target_scores - 1e-6) / (1 + 1e-4)  # a level stays open while query_norm * remaining_max >= reach
     order = torch.argsort(skip_positions)  # by position, so each block's skips are one slice
     skip_pairs, skip_positions = skip_pairs[order], skip_positions[order]
     n = items.shape[0]
@@ -82,7 +91,8 @@ def count_above(
         if sync is not None and bi and bi % sync_every == 0:
             others = sync(counts.clone()) - counts
         lo, hi = bi * block_items, min((bi + 1) * block_items, n)
-        live = (counts + others < cap).any(dim=1)
+        live = (counts + others < cap) if lo >= n else (counts + others < cap) & (query_norms * remaining_max[lo] >= reach)
+        live = live.any(dim=1)
         if lo >= hi or not bool(live.any()):
             if sync is None:
                 break
@@ -97,18 +107,29 @@ def count_above(
         keep = sp >= 0
         sp, sc = sp[keep], sc[keep]
         ub, block = u[rows], items[lo:hi]
+        # Most rows have one live target: its threshold is compared with the row's scores in
+        # place. Only a row's further targets need a copy of its scores (an index_select was
+        # a fifth of the evaluation's time when every pair took one).
+        first = torch.ones(len(live_pairs), dtype=torch.bool, device=u.device)
+        first[1:] = row_of_pair[1:] != row_of_pair[:-1]  # pairs come row by row
+        first_pairs, extra = torch.nonzero(first).squeeze(1), torch.nonzero(~first).squeeze(1)
         partial = torch.zeros((len(rows) * k, hi - lo), dtype=u.dtype, device=u.device)
-        gathered = torch.empty((len(live_pairs), hi - lo), dtype=u.dtype, device=u.device)
+        compared = torch.empty((len(rows), hi - lo), dtype=u.dtype, device=u.device)
+        gathered = torch.empty((len(extra), hi - lo), dtype=u.dtype, device=u.device)
         thresholds = target_scores[live_pairs]
+        above = torch.empty(len(live_pairs), dtype=u.dtype, device=u.device)
         prev = 0
         for li, d in enumerate(levels):
             partial.addmm_(ub[:, :, prev:d].reshape(-1, d - prev), block[:, prev:d].T)
             prev = d
             scores = partial.view(len(rows), k, -1).amax(dim=1) if k > 1 else partial
             t = thresholds[:, li]
-            torch.index_select(scores, 0, row_of_pair, out=gathered)
-            torch.ge(gathered, t[:, None], out=gathered)
-            above = gathered.sum(dim=1)
+            torch.ge(scores, t[first_pairs][:, None], out=compared)
+            above[first_pairs] = compared.sum(dim=1)
+            if len(extra):
+                torch.index_select(scores, 0, row_of_pair[extra], out=gathered)
+                torch.ge(gathered, t[extra][:, None], out=gathered)
+                above[extra] = gathered.sum(dim=1)
             skipped = scores[row_of_pair[sp], sc] >= t[sp]
             above.index_add_(0, sp, -skipped.to(above.dtype))
             counts[live_pairs, li] += above.to(counts.dtype)

@@ -169,3 +169,34 @@ def test_multi_interest_block_matches_brute_force_max_over_interests():
                 want[li, 3 * ki + 2] += 1.0 if sum(hits) > 0 else 0.0
     np.testing.assert_allclose(got.numpy(), want, rtol=1e-6, atol=1e-6)
     assert evaluate.metric_names(ks, hitrate=True)[:3] == ["recall@5", "ndcg@5", "hitrate@5"]
+
+
+def test_norm_bound_exit_is_exact_and_skips_blocks(monkeypatch):
+    """Items in decreasing norm, most of them tiny: the Cauchy-Schwarz bound closes levels
+    early (fewer block products) and the counts still equal brute force, negative scores too."""
+    from distrec.ranking import count_above, level_scores
+    rng = np.random.default_rng(9)
+    levels, num_items = (2, 4, 8), 400
+    u = torch.tensor(rng.normal(size=(7, 2, 8)), dtype=torch.float32)
+    scale = np.sort(np.exp(-rng.uniform(0, 6, size=num_items)))[::-1].copy()  # norms from ~1 down to ~0.002
+    items = torch.tensor(rng.normal(size=(num_items, 8)) * scale[:, None], dtype=torch.float32)
+    pair_rows = torch.tensor([0, 1, 1, 2, 3, 4, 5, 6, 6])
+    pair_items = torch.tensor([0, 3, 250, 5, 390, 1, 2, 8, 120])  # strong, middling and weak targets
+    ts = level_scores(u[pair_rows], items[pair_items], levels)
+    got = count_above(u, items, pair_rows, ts, torch.arange(9), pair_items, levels, cap=num_items + 1, block_items=10)
+    scores = torch.stack([(u[:, :, :d] @ items[:, :d].T).amax(1) for d in levels], -1)  # [7, I, L]
+    other = torch.ones(9, num_items, 1, dtype=torch.bool)
+    other[torch.arange(9), pair_items] = False
+    torch.testing.assert_close(got, ((scores[pair_rows] >= ts[:, None, :]) & other).sum(1))
+    assert (ts < 0).any()  # some targets score below zero: their levels stay open to the end
+    # Without the count cap, only the bound can stop a scan: for strong targets (high-norm items,
+    # scoring above zero at every level) it must stop well before the end.
+    positive = torch.nonzero((ts > 0.05).all(dim=1) & (pair_items < 10)).squeeze(1)
+    assert len(positive) >= 2
+    products = []
+    real_addmm = torch.Tensor.addmm_
+    monkeypatch.setattr(torch.Tensor, "addmm_", lambda self, *a, **k: products.append(1) or real_addmm(self, *a, **k))
+    part = count_above(u, items, pair_rows[positive], ts[positive], torch.arange(len(positive)), pair_items[positive], levels,
+                       cap=num_items + 1, block_items=10)
+    torch.testing.assert_close(part, got[positive])
+    assert len(products) < 0.75 * len(levels) * num_items // 10  # 40 blocks x 3 levels without the bound
