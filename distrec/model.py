@@ -115,8 +115,11 @@ class MatryoshkaMF(nn.Module):
             scores = samplers.candidate_scores(u, cands, shards, picks)  # [J, B, N]
         else:
             rows = -(-global_size // self.env.world_size)  # the largest local batch
-            every_u = parallel.all_gather_padded(u, self.env, rows)
-            every_cands = parallel.all_gather_padded(cands, self.env, rows)
+            # One collective for both: the int64 ids travel as pairs of float32 bit patterns.
+            packed = torch.cat([u.float(), cands.reshape(b, -1).view(torch.float32)], dim=1)
+            every = parallel.all_gather_padded(packed, self.env, rows)
+            every_u = every[:, : u.shape[1]].to(u.dtype)
+            every_cands = every[:, u.shape[1] :].contiguous().view(torch.int64).view(-1, *cands.shape[1:])
             scores = parallel.all_reduce_sum(samplers.candidate_scores(every_u, every_cands, shards, picks), self.env)
             scores = scores[:, self.env.rank * rows : self.env.rank * rows + b]
         pick = scores.argmax(dim=2).T  # [B, J] into N; ties: the first candidate, as select_hardest

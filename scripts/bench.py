@@ -6,7 +6,11 @@ ceiling, a minimal plain-PyTorch trainer and the CPU library teams pick (`implic
 Rows (one per distrec configuration, each `scripts/bench_scale.py` under torchrun):
 - `mrl_m`: the default MRL-M step (MNS, 5 levels x 16 candidates), and `bpr_uniform`
   (full-dimension BPR, one uniform negative: the same work as `implicit`'s BPR);
-- on 1 rank with 2 threads and on 2 ranks with 1 thread each, at the same global batch.
+- on 1 rank with 2 threads and on 2 ranks with 1 thread each, at the same global batch;
+- `bpr_uniform` once more at a batch of 32,768 (1 rank), where per-step costs are amortised;
+- `multi_interest`: REMI with configs/remi_video.yaml's settings on the preset's pairs read as
+  sequences (`bench_scale.py --task multi_interest`), with its whole test evaluation's seconds.
+The plain-PyTorch ratio is given for the rows that run the references' batch.
 References, measured in this process with 2 threads:
 - (a) the memory ceiling: a bare `index_select` of every row a step reads and an `index_add_` of
   every row it updates, over tables of the same shape;
@@ -41,19 +45,25 @@ from distrec.data import load_dataset  # noqa: E402
 
 MODELS = {"mrl_m": [], "bpr_uniform": ["train.loss=bpr", "train.sampler=uniform"]}
 LAYOUTS = ((1, 2), (2, 1))  # (ranks, threads per rank) on 2 cores
+BIG_BATCH = 32768  # bpr_uniform once more at a batch where per-step overheads no longer dominate
 
 
-def distrec_row(preset: str, model: str, ranks: int, threads: int, steps: int) -> dict:
+def distrec_row(preset: str, model: str, ranks: int, threads: int, steps: int, extra: tuple[str, ...] = ()) -> dict:
+    task = ["--task", "multi_interest"] if model == "multi_interest" else []
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}",
-           str(ROOT / "scripts" / "bench_scale.py"), "--preset", preset, "--steps", str(steps), "--eval-users", "256",
-           *MODELS[model]]
+           str(ROOT / "scripts" / "bench_scale.py"), "--preset", preset, "--steps", str(steps), *task,
+           "--eval-users", "2048" if task else "256", *MODELS.get(model, []), *extra]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=1800)
     if out.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{out.stderr[-3000:]}")
     r = json.loads(out.stdout.strip().splitlines()[-1])
-    return {"model": model, "ranks": ranks, "threads": threads, "samples_per_s": r["pairs_per_s"],
-            "epoch_s": r["epoch_seconds_est"], "step_ms": r["step_ms_median"], "peak_rss_gb": r["peak_rss_mb"] / 1024}
+    row = {"model": model, "ranks": ranks, "threads": threads, "batch_size": r["batch_size"],
+           "samples_per_s": r.get("pairs_per_s", r.get("samples_per_s")), "epoch_s": r["epoch_seconds_est"],
+           "step_ms": r["step_ms_median"], "peak_rss_gb": r["peak_rss_mb"] / 1024}
+    if task:  # REMI: the whole test evaluation (every test user, every level), extrapolated from 2,048 users
+        row.update(eval_users_per_s=round(r["eval_users_per_s"], 1), full_eval_s=round(r["full_eval_seconds_est"], 1))
+    return row
 
 
 def rows_per_sample(cfg: config.Config, model: str) -> tuple[int, int]:
@@ -140,12 +150,17 @@ def write_md(path: Path, result: dict) -> None:
     refs = result["references"]
     lines = [f"# Training speed, `{result['preset']}` preset ({result['date']}, {result['machine']})", "",
              f"Command: `{result['command']}`", "",
-             "| model | ranks x threads | samples/s | epoch s | vs plain PyTorch | vs memory ceiling | peak RSS GB/rank | eval users/s | eval / best mm |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| model | ranks x threads | batch | samples/s | epoch s | vs plain PyTorch | vs memory ceiling | vs implicit | peak RSS GB/rank | eval users/s | eval / best mm |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+
+    def cell(value, fmt):
+        return "" if value is None else format(value, fmt)
+
     for r in result["rows"]:
-        lines.append(f"| {r['model']} | {r['ranks']} x {r['threads']} | {r['samples_per_s']:,.0f} | {r['epoch_s']:.0f} | "
-                     f"{r['ratio_vs_plain_pytorch']:.2f} | {r['ratio_vs_ceiling']:.3f} | {r['peak_rss_gb']:.2f} | "
-                     f"{r.get('eval_users_per_s') or ''} | {r.get('eval_gemm_ratio') or ''} |")
+        lines.append(f"| {r['model']} | {r['ranks']} x {r['threads']} | {r['batch_size']:,} | {r['samples_per_s']:,.0f} | {r['epoch_s']:.0f} | "
+                     f"{cell(r.get('ratio_vs_plain_pytorch'), '.2f')} | {cell(r.get('ratio_vs_ceiling'), '.3f')} | "
+                     f"{cell(r.get('ratio_vs_implicit'), '.3f')} | {r['peak_rss_gb']:.2f} | "
+                     f"{cell(r.get('eval_users_per_s'), ',.0f')} | {cell(r.get('eval_gemm_ratio'), '.2f')} |")
     lines += ["", "References (one process, 2 threads):", ""]
     for name, ref in refs.items():
         lines.append(f"- {name}: {json.dumps(ref)}")
@@ -173,15 +188,18 @@ def main() -> None:
     bpr = implicit_bpr(data)
     refs["implicit_bpr"] = bpr if bpr is not None else {"skipped": "implicit is not installed"}
     rows = []
-    for model in MODELS:
-        for ranks, threads in LAYOUTS:
-            r = distrec_row(args.preset, model, ranks, threads, args.steps)
-            r["ratio_vs_plain_pytorch"] = r["samples_per_s"] / refs[f"plain_pytorch_{model}"]["samples_per_s"]
-            r["ratio_vs_ceiling"] = r["samples_per_s"] / refs[f"ceiling_{model}"]["samples_per_s"]
-            if model == "bpr_uniform" and bpr is not None:
-                r["ratio_vs_implicit"] = r["samples_per_s"] / bpr["samples_per_s"]
-            rows.append(r)
-            print(json.dumps(r), flush=True)
+    runs = [(model, ranks, threads, ()) for model in MODELS for ranks, threads in LAYOUTS]
+    runs.append(("bpr_uniform", 1, 2, (f"train.batch_size={BIG_BATCH}",)))
+    runs += [("multi_interest", ranks, threads, ()) for ranks, threads in LAYOUTS]
+    for model, ranks, threads, extra in runs:
+        r = distrec_row(args.preset, model, ranks, threads, args.steps, extra)
+        same_work = model in MODELS and not extra  # the references run the default batch
+        r["ratio_vs_plain_pytorch"] = r["samples_per_s"] / refs[f"plain_pytorch_{model}"]["samples_per_s"] if same_work else None
+        r["ratio_vs_ceiling"] = r["samples_per_s"] / refs[f"ceiling_{model}"]["samples_per_s"] if same_work else None
+        if model == "bpr_uniform" and bpr is not None:
+            r["ratio_vs_implicit"] = r["samples_per_s"] / bpr["samples_per_s"]
+        rows.append(r)
+        print(json.dumps(r), flush=True)
     if args.eval_run:
         ev = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_eval.py"), "--run", args.eval_run],
                             capture_output=True, text=True, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "2"}, timeout=3600)

@@ -7,12 +7,18 @@ second and full-ranking evaluation speed, on however many ranks torchrun gives i
 Evaluation scores `--eval-users` users (spread over ranks) against all items at every level,
 and reports users/s; a full evaluation of all users takes num_users / that rate. Prints one
 JSON line on rank 0.
+
+    .venv/bin/torchrun --nproc_per_node 1 scripts/bench_scale.py --task multi_interest --steps 60 --eval-users 2048
+
+measures REMI (configs/remi_video.yaml's settings) on the preset's pairs written as a `user item`
+sequence log (each user's items in a random order: a cost, not a quality, benchmark).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import sys
 import time
@@ -20,16 +26,19 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
 from distrec import config, evaluate, parallel  # noqa: E402
-from distrec.data import load_dataset  # noqa: E402
-from distrec.workload import mrl4rec_workload  # noqa: E402
+from distrec.data import load_dataset, synthetic  # noqa: E402
+from distrec.workload import build_workload, mrl4rec_workload  # noqa: E402
 
 
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--preset", default="books")
+    p.add_argument("--task", default="mrl4rec", choices=("mrl4rec", "multi_interest"),
+                   help="multi_interest: REMI (configs/remi_video.yaml's settings) on the preset's pairs as sequences")
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--eval-users", type=int, default=4096)
     p.add_argument("--save", default=None, help="write the data and the trained tables here (a run layout "
@@ -37,6 +46,8 @@ def main() -> None:
                    "on a trained model")
     p.add_argument("overrides", nargs="*")
     args = p.parse_args()
+    if args.task == "multi_interest":
+        return bench_multi_interest(args)
     cfg = config.load(None, [f"data.synthetic.preset={args.preset}", *args.overrides])
     env = parallel.init(cfg.device)
     out = {"world_size": env.world_size, "preset": args.preset, "batch_size": cfg.train.batch_size, "sampler": cfg.train.sampler}
@@ -46,26 +57,9 @@ def main() -> None:
     out.update(users=data.num_users, items=data.num_items, train_pairs=int(data.train_users.size))
     t = time.perf_counter()
     work = mrl4rec_workload(cfg, env, data)  # the trainer's own batches, sampler and evaluation
-    model, _ = work.build()
+    model, dense = work.build()
     out["shard_seconds"] = time.perf_counter() - t
-    batches = work.batches(1)
-    times = []
-    for step in range(args.steps + 5):
-        parallel.barrier(env)
-        t = time.perf_counter()
-        batch = next(batches, None)  # building the batch (sampling included) is part of a step
-        if batch is None:  # past one epoch: the next one
-            batches = work.batches(2)
-            batch = next(batches)
-        loss, _ = model(batch)
-        loss.backward()
-        parallel.barrier(env)
-        if step + 1 == 5 or (step + 1) % 500 == 0:
-            if env.is_main:
-                print(f"step {step + 1}", file=sys.stderr, flush=True)
-        if step >= 5:  # the first steps warm up allocators and the kernels
-            times.append(time.perf_counter() - t)
-    step_s = float(np.median(times))
+    step_s = time_steps(work, model, dense, env, args.steps)
     out.update(step_ms_median=1000 * step_s, pairs_per_s=cfg.train.batch_size / step_s,
                epoch_seconds_est=data.train_users.size / cfg.train.batch_size * step_s)
     # Evaluation speed on a fixed sample of users with test items.
@@ -93,6 +87,77 @@ def main() -> None:
             np.save(Path(args.save) / "embeddings" / "item_embeddings.npy", items.cpu().numpy())
     if env.is_main:
         print(json.dumps(out, default=lambda x: x.tolist() if hasattr(x, "tolist") else str(x)))
+    parallel.shutdown()
+
+
+def time_steps(work, model, dense, env, steps: int) -> float:
+    """Median seconds of a whole training step (batch building and sampling included), after 5 warm-up steps."""
+    batches = work.batches(1)
+    times = []
+    model.train()
+    for step in range(steps + 5):
+        parallel.barrier(env)
+        t = time.perf_counter()
+        batch = next(batches, None)  # building the batch (sampling included) is part of a step
+        if batch is None:  # past one epoch: the next one
+            batches = work.batches(2)
+            batch = next(batches)
+        loss, _ = model(batch)
+        loss.backward()
+        for opt in dense:  # the router's optimizer (multi-interest); fused tables step in backward
+            opt.step()
+            opt.zero_grad()
+        parallel.barrier(env)
+        if step + 1 == 5 or (step + 1) % 500 == 0:
+            if env.is_main:
+                print(f"step {step + 1}", file=sys.stderr, flush=True)
+        if step >= 5:  # the first steps warm up allocators and the kernels
+            times.append(time.perf_counter() - t)
+    return float(np.median(times))
+
+
+def sequence_log(preset: str, path: Path) -> None:
+    """The synthetic preset's pairs as a `user item` log, each user's items in a random order.
+
+    The generator has no notion of time, so a model learns nothing sequential here: this log
+    measures what a REMI run of that size costs, not what quality it reaches."""
+    import pyarrow as pa
+    import pyarrow.csv as pcsv
+
+    users, items = synthetic.generate(config.load(None, [f"data.synthetic.preset={preset}"]).data.synthetic)
+    order = np.lexsort((np.random.default_rng(0).random(users.size), users))
+    pcsv.write_csv(pa.table({"user": users[order], "item": items[order]}), path,
+                   pcsv.WriteOptions(include_header=False, delimiter=" "))
+
+
+def bench_multi_interest(args) -> None:
+    """REMI at the preset's size: samples/s, epoch seconds and the full test evaluation's seconds
+    (extrapolated from a fixed sample of `--eval-users` test users)."""
+    log = Path(os.environ.get("TMPDIR", "/tmp")) / f"distrec_{args.preset}_sequences.txt"
+    env = parallel.init("auto")
+    if env.is_main and not log.exists():
+        sequence_log(args.preset, log)
+    parallel.barrier(env)
+    # eval.valid_users: the fixed seeded sample that evaluate() scores for "valid" (pointed at test below).
+    cfg = config.load(ROOT / "configs" / "remi_video.yaml", [f"data.train={log}", f"eval.valid_users={args.eval_users}", *args.overrides])
+    out = {"world_size": env.world_size, "preset": args.preset, "task": "multi_interest", "batch_size": cfg.train.batch_size}
+    t = time.perf_counter()
+    work = build_workload(cfg, env, None)
+    out["data_seconds"] = time.perf_counter() - t
+    model, dense = work.build()
+    step_s = time_steps(work, model, dense, env, args.steps)
+    out.update(step_ms_median=1000 * step_s, samples_per_s=cfg.train.batch_size / step_s, train_samples=work.num_samples,
+               epoch_seconds_est=work.num_samples / cfg.train.batch_size * step_s)
+    test_rows = len(evaluate.rows_with_targets(work.eval_sets["test"][0]))
+    work.eval_sets["valid"] = work.eval_sets["test"]
+    t = time.perf_counter()
+    work.evaluate(model, "valid", cfg, env)
+    eval_s = time.perf_counter() - t
+    out.update(eval_users=args.eval_users, eval_seconds=eval_s, eval_users_per_s=args.eval_users / eval_s,
+               test_users=test_rows, full_eval_seconds_est=test_rows * eval_s / args.eval_users,
+               peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    if env.is_main:
+        print(json.dumps(out))
     parallel.shutdown()
 
 
