@@ -3,7 +3,10 @@
 In memory: each rank copies only the shards it owns (a ShardedTensor's local shards, or a
 replicated tensor), to come back to the best validation epoch without communication.
 On disk: resumable checkpoints with torch.distributed.checkpoint (DCP), each rank writing its
-own shards. Imports: torch, distrec.parallel.
+own shards, with the loop state, the config and a fingerprint of the model and data
+(`loop.pt`). `recover` finds the newest complete checkpoint whatever moment a write was killed
+at; `check_compatible` refuses to resume a run of another data set or model shape.
+Imports: torch, distrec.parallel, distrec.config.
 """
 
 from __future__ import annotations
@@ -17,6 +20,12 @@ from torch import nn
 from torch.distributed._shard.sharded_tensor import ShardedTensor
 
 from distrec import parallel
+from distrec.config import ConfigError
+
+RESUME_MODES = ("auto", "never", "must")
+# What a checkpoint's tables and optimizer state are shaped by: resuming with any of these
+# changed would load garbage or fail inside DCP, so it is refused up front.
+FINGERPRINT_KEYS = ("task", "dim", "levels", "num_interests", "num_users", "num_items", "data")
 
 
 def _local_tensors(model: nn.Module) -> dict[str, list[torch.Tensor]]:
@@ -98,3 +107,54 @@ def load(path: Path, model: nn.Module, dense_opts: list) -> dict:
     for opt, saved in zip(dense_opts, blob["dense"], strict=True):
         opt.load_state_dict(saved)
     return blob["extra"]
+
+
+def complete(path: Path) -> bool:
+    """`save` writes loop.pt last, after every rank's shards: its presence marks a whole checkpoint."""
+    return (path / "loop.pt").is_file()
+
+
+def recover(path: Path) -> bool:
+    """Put the newest complete checkpoint of `path` (e.g. checkpoint/last) back at `path`;
+    False when there is none. Rank 0 only, before the other ranks look.
+
+    `save` swaps `<path>.tmp` in with two renames (`path` -> `.old`, `.tmp` -> `path`). A kill
+    between them leaves no `path`, a complete `.tmp` (the newer state) and `.old`; a kill while
+    `.tmp` is written leaves it incomplete beside a good `path`. Either way nothing is lost."""
+    tmp, old = path.with_name(path.name + ".tmp"), path.with_name(path.name + ".old")
+    if complete(path):
+        return True
+    for candidate in (tmp, old):
+        if complete(candidate):
+            shutil.rmtree(path, ignore_errors=True)
+            candidate.rename(path)
+            return True
+    return False
+
+
+def read_loop(path: Path) -> dict:
+    """The `extra` dict that `save` stored (loop state, config, fingerprint), without the tables."""
+    return torch.load(path / "loop.pt", weights_only=False)["extra"]
+
+
+def check_compatible(path: Path, saved: dict, current: dict) -> None:
+    """One clear error when the checkpoint at `path` was written for another model or data set."""
+    theirs = saved.get("fingerprint", {})
+    for key in FINGERPRINT_KEYS:
+        if key in theirs and theirs[key] != current[key]:
+            raise ConfigError(
+                f"{path} was written for {key}={theirs[key]}, this run has {key}={current[key]}: it cannot be "
+                f"resumed; use another run_dir, or train.resume=never to start this one afresh"
+            )
+
+
+def config_changes(saved: dict, current: dict, prefix: str = "") -> list[str]:
+    """`key: old -> new` for every config value that differs between two resolved configs."""
+    out = []
+    for key in sorted(set(saved) | set(current)):
+        a, b = saved.get(key), current.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += config_changes(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}: {a} -> {b}")
+    return out

@@ -208,7 +208,9 @@ class TrainConfig:
     # of epochs and test that one (the validation split then only picks the epoch count).
     refit: bool = False
     checkpoint_every: int = 0  # epochs between resumable checkpoints in <run_dir>/checkpoint (0 = off)
-    resume: bool = False  # continue from <run_dir>/checkpoint/last if it exists
+    # auto: continue from <run_dir>/checkpoint/last when it exists (what a restarted job needs),
+    # start afresh otherwise; never: always afresh (an old checkpoint is deleted); must: resume or stop.
+    resume: str = "auto"
     # loss=softmax: negatives shared by a rank's local batch
     num_sampled: int = 0  # 0 = 10 x the local batch size; >= the item count: every item (exact softmax)
     neg_distribution: str = "uniform"  # uniform, or log_uniform (popularity rank) with logQ correction
@@ -225,6 +227,7 @@ class TrainConfig:
         _check_choice("train.optimizer", self.optimizer, OPTIMIZERS)
         _check_choice("train.neg_distribution", self.neg_distribution, ("uniform", "log_uniform"))
         _check_choice("train.dense_optimizer", self.dense_optimizer, ("adam", "adagrad", "sgd"))
+        _check_choice("train.resume", self.resume, ("auto", "never", "must"))
         if self.checkpoint_every < 0:
             raise ConfigError(f"train.checkpoint_every must be >= 0, got {self.checkpoint_every}")
         if self.num_sampled < 0 or self.ihn_beta < 0 or self.rr_lambda < 0:

@@ -29,8 +29,22 @@ def write_config(run_dir: Path, resolved: dict[str, Any]) -> None:
 
 
 def append_metrics(run_dir: Path, record: dict[str, Any]) -> None:
-    with open(run_dir / "metrics.jsonl", "a") as f:
+    append_record(run_dir / "metrics.jsonl", record)
+
+
+def append_record(path: Path, record: dict[str, Any]) -> None:
+    with open(path, "a") as f:
         f.write(json.dumps(record) + "\n")
+
+
+def truncate_metrics(run_dir: Path, after_epoch: int) -> None:
+    """Drop the metrics.jsonl records of epochs after `after_epoch`: a resumed run redoes them
+    (they were written after its checkpoint), and must not log them twice."""
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return
+    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line).get("epoch", 0) <= after_epoch]
+    _atomic_write(path, lambda p: p.write_text("".join(line + "\n" for line in keep)))
 
 
 def write_json(path: Path, obj: dict[str, Any]) -> None:

@@ -89,7 +89,7 @@ def launch(
     # Results of an earlier run in the same directory must not pass for this one's. A resumed
     # run keeps its history (train.py appends to metrics.jsonl then).
     (run_dir / "metrics.json").unlink(missing_ok=True)
-    if not _resumes(overrides):
+    if not _may_resume(overrides, run_dir):
         (run_dir / "metrics.jsonl").unlink(missing_ok=True)
     argv = command(config, overrides, nproc, run_dir)
     tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL_LINES)
@@ -145,6 +145,12 @@ class _RecordReader:
     def new_records(self) -> list[dict[str, Any]]:
         if not self.path.exists():
             return []
+        if self.path.stat().st_size < self.offset:
+            # A resumed run dropped the records of the epochs it redoes: what is left was seen.
+            kept = self.path.read_bytes()
+            self.offset = kept.rfind(b"\n") + 1
+            self.records = [json.loads(line) for line in kept[: self.offset].splitlines() if line.strip()]
+            return []
         with open(self.path, "rb") as f:
             f.seek(self.offset)
             chunk = f.read()
@@ -188,9 +194,14 @@ def _stop(proc: subprocess.Popen) -> None:
             continue
 
 
-def _resumes(overrides: list[str]) -> bool:
+def _may_resume(overrides: list[str], run_dir: Path) -> bool:
+    """Whether train.py will continue this run_dir's checkpoint (its `prepare_resume` rule, for
+    `train.resume` given as an override or left at its default, auto): then it keeps its log."""
     values = [o.partition("=")[2].strip().lower() for o in overrides if o.partition("=")[0] == "train.resume"]
-    return bool(values) and values[-1] == "true"
+    mode = values[-1] if values else "auto"
+    ckpt = run_dir / "checkpoint"
+    written = any((ckpt / name / "loop.pt").is_file() for name in ("last", "last.tmp", "last.old"))
+    return mode != "never" and written and (mode == "must" or not (ckpt / "finished").exists())
 
 
 def resolve_path(path: str | Path) -> Path:

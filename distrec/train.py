@@ -20,6 +20,7 @@ if __package__ in (None, ""):
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 import math
+import shutil
 import time
 
 import torch
@@ -80,9 +81,10 @@ def train(cfg: config.Config, env: parallel.DistEnv) -> dict:
     run_dir = Path(cfg.run_dir)
     log = print if env.is_main else (lambda *a, **k: None)
     check_optimizer_device(cfg.train, env.device)
+    resuming = prepare_resume(cfg, env)
     if env.is_main:
         outputs.write_config(run_dir, config.to_dict(cfg))
-        if not cfg.train.resume:
+        if not resuming:
             (run_dir / "metrics.jsonl").unlink(missing_ok=True)
 
     # Data: every rank reads the same files deterministically; rank 0 writes the Parquet copy.
@@ -99,7 +101,7 @@ def train(cfg: config.Config, env: parallel.DistEnv) -> dict:
     phase = "select" if work.has_valid else "train"
     if not work.has_valid:
         log("no validation split: no early stopping or refit; the last epoch is tested")
-    model, best, spent = fit(cfg, env, work, cfg.train.epochs, phase=phase, start=start)
+    model, best, spent = fit(cfg, env, work, cfg.train.epochs, phase=phase, start=start, resuming=resuming)
     seconds["train"], seconds["valid"] = spent
     if cfg.train.refit and work.has_valid and work.refit is not None:
         # A fresh model on train + validation for the selected number of epochs, so the tested
@@ -121,6 +123,8 @@ def train(cfg: config.Config, env: parallel.DistEnv) -> dict:
     items = gather_table(tables.items, work.num_items, env)
     if env.is_main:
         outputs.write_json(run_dir / "metrics.json", result)
+        if (run_dir / "checkpoint").is_dir():  # `train.resume=auto` starts the next run afresh
+            (run_dir / "checkpoint" / FINISHED).touch()
         outputs.export_embeddings(run_dir, users, items, work.user_raw, work.item_raw, model.module)
         which = {"select": "the best validation epoch", "refit": "the refit model", "train": "the last epoch"}[phase]
         _print_table(test, which)
@@ -130,7 +134,38 @@ def train(cfg: config.Config, env: parallel.DistEnv) -> dict:
     return result
 
 
-def fit(cfg: config.Config, env: parallel.DistEnv, work: Workload, epochs: int, *, phase: str, start: float):
+FINISHED = "finished"  # in <run_dir>/checkpoint once the run has written metrics.json
+
+
+def prepare_resume(cfg: config.Config, env: parallel.DistEnv) -> bool:
+    """Whether this run continues from <run_dir>/checkpoint/last (every rank gets the same
+    answer). `train.resume=auto` resumes an unfinished run, e.g. a job restarted after a
+    rank died, and starts afresh otherwise; `must` resumes whatever is there or stops;
+    `never` deletes an old checkpoint so that it cannot mix with the new run."""
+    ckpt, mode = Path(cfg.run_dir) / "checkpoint", cfg.train.resume
+    if env.is_main:
+        if mode == "never" or (mode == "auto" and (ckpt / FINISHED).exists()):
+            shutil.rmtree(ckpt, ignore_errors=True)
+        else:  # a write killed half-way leaves the previous checkpoint, or the new one, whole
+            checkpoint.recover(ckpt / "last")
+            checkpoint.recover(ckpt / "best")
+            (ckpt / FINISHED).unlink(missing_ok=True)
+    parallel.barrier(env)
+    found = checkpoint.complete(ckpt / "last")
+    if mode == "must" and not found:
+        raise config.ConfigError(f"train.resume=must, but {ckpt / 'last'} holds no checkpoint (train.checkpoint_every=N writes them)")
+    return found
+
+
+def fingerprint(cfg: config.Config, work: Workload) -> dict:
+    """What a checkpoint's tables are shaped by (checkpoint.FINGERPRINT_KEYS)."""
+    return {"task": cfg.model.task, "dim": cfg.model.dim, "levels": list(cfg.model.levels),
+            "num_interests": cfg.model.num_interests, "num_users": work.num_users, "num_items": work.num_items,
+            "data": work.data_hash}
+
+
+def fit(cfg: config.Config, env: parallel.DistEnv, work: Workload, epochs: int, *, phase: str, start: float,
+        resuming: bool = False):
     """Build a model and train it for up to `epochs` epochs; returns (model, best, (training
     seconds, evaluation seconds)).
 
@@ -151,14 +186,23 @@ def fit(cfg: config.Config, env: parallel.DistEnv, work: Workload, epochs: int, 
     seconds, eval_seconds, first = 0.0, 0.0, 1
     ckpt = Path(cfg.run_dir) / "checkpoint"
     resumable = phase != "refit"  # a refit is short and restarts from scratch
-    if resumable and cfg.train.resume and (ckpt / "last").exists():
-        if select and (ckpt / "best").exists():
+    if resumable and resuming:
+        saved = checkpoint.read_loop(ckpt / "last")
+        checkpoint.check_compatible(ckpt / "last", saved, fingerprint(cfg, work))  # before DCP reads any shard
+        if select and checkpoint.complete(ckpt / "best"):
             checkpoint.load(ckpt / "best", model, dense_opts)
             best["snapshot"] = checkpoint.snapshot(model)
         loop = checkpoint.load(ckpt / "last", model, dense_opts)
         best.update(loop["best"])
         first, seconds = loop["epoch"] + 1, loop["seconds"]
         log(f"resumed from {ckpt / 'last'} after epoch {loop['epoch']} (best epoch {best['epoch']})")
+        changes = [c for c in checkpoint.config_changes(loop.get("config", {}), config.to_dict(cfg)) if not c.startswith("train.resume:")]
+        if changes:
+            log("resumed with changed settings (recorded in resumes.jsonl): " + "; ".join(changes))
+        if env.is_main:
+            outputs.truncate_metrics(Path(cfg.run_dir), loop["epoch"])
+            outputs.append_record(Path(cfg.run_dir) / "resumes.jsonl", {"after_epoch": loop["epoch"], "changes": changes,
+                                                                        "world_size": env.world_size, "time": time.time()})
     for epoch in range(first, epochs + 1):
         t0 = time.perf_counter()
         record = {"phase": phase, "epoch": epoch, "loss": train_epoch(model, dense_opts, work, cfg, env, epoch)}
@@ -166,7 +210,7 @@ def fit(cfg: config.Config, env: parallel.DistEnv, work: Workload, epochs: int, 
         seconds += record["epoch_seconds"]
         if (epoch % cfg.eval.every_epochs and epoch != epochs) or not (select or cfg.eval.track_test):
             log(_epoch_line(record))
-            _maybe_checkpoint(cfg, env, model, dense_opts, epoch, best, seconds, improved=False, resumable=resumable)
+            _maybe_checkpoint(cfg, env, work, model, dense_opts, epoch, best, seconds, improved=False, resumable=resumable)
             continue
         t1 = time.perf_counter()
         model.eval()
@@ -185,7 +229,7 @@ def fit(cfg: config.Config, env: parallel.DistEnv, work: Workload, epochs: int, 
         if improved:
             best.update(score=record["valid"][dim][metric], epoch=epoch, valid=record["valid"], snapshot=checkpoint.snapshot(model))
         log(_epoch_line(record, dim, metric, best["epoch"] if select else None))
-        _maybe_checkpoint(cfg, env, model, dense_opts, epoch, best, seconds, improved=improved, resumable=resumable)
+        _maybe_checkpoint(cfg, env, work, model, dense_opts, epoch, best, seconds, improved=improved, resumable=resumable)
         if select and epoch - best["epoch"] >= cfg.eval.patience * cfg.eval.every_epochs:
             log(f"early stop: no better validation {metric} since epoch {best['epoch']}")
             break
@@ -194,14 +238,15 @@ def fit(cfg: config.Config, env: parallel.DistEnv, work: Workload, epochs: int, 
     return model, best, (seconds, eval_seconds)
 
 
-def _maybe_checkpoint(cfg, env, model, dense_opts, epoch: int, best: dict, seconds: float, *, improved: bool, resumable: bool) -> None:
+def _maybe_checkpoint(cfg, env, work, model, dense_opts, epoch: int, best: dict, seconds: float, *, improved: bool, resumable: bool) -> None:
     """Every `train.checkpoint_every` epochs: the state to resume from ("last"), and the best
     validation epoch's weights ("best") whenever they improve."""
     every = cfg.train.checkpoint_every
     if not (every and resumable):
         return
     ckpt = Path(cfg.run_dir) / "checkpoint"
-    loop = {"epoch": epoch, "seconds": seconds, "best": {k: v for k, v in best.items() if k != "snapshot"}}
+    loop = {"epoch": epoch, "seconds": seconds, "best": {k: v for k, v in best.items() if k != "snapshot"},
+            "fingerprint": fingerprint(cfg, work), "config": config.to_dict(cfg)}
     if improved:
         checkpoint.save(ckpt / "best", model, dense_opts, env, loop)
     if epoch % every == 0:
@@ -260,3 +305,6 @@ if __name__ == "__main__":
     except (config.ConfigError, DataError, FloatingPointError) as err:  # one clear line, no traceback
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
+    except KeyboardInterrupt:  # Ctrl-C: one line; the last checkpoint (if any) is whole
+        print("interrupted", file=sys.stderr)
+        raise SystemExit(130) from None

@@ -9,6 +9,7 @@ stopping and outputs. Imports: the task modules, data, embeddings, evaluate, par
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -45,6 +46,7 @@ class Workload:
     item_raw: np.ndarray | None = None
     refit: Callable[[], "Workload"] | None = None  # the same task on train + valid
     diagnostics: Callable[[nn.Module], dict] | None = None  # extra numbers logged per evaluation
+    data_hash: str = ""  # digest of the training data (checkpoints refuse to resume on other data)
 
     @property
     def has_valid(self) -> bool:
@@ -60,6 +62,14 @@ class Workload:
             self.encoder(model, split), tables.items, self.num_items, env, targets, exclude,
             cfg.model.levels, cfg.eval.ks, cfg.eval.chunk_mb, self.num_interests, self.hitrate, rows=rows,
         )
+
+
+def digest(*arrays: np.ndarray) -> str:
+    """A short content hash of arrays (~0.2 s for Books' 6.4M training pairs)."""
+    h = hashlib.blake2b(digest_size=8)
+    for a in arrays:
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
 
 
 def _inner(model: nn.Module) -> nn.Module:
@@ -118,6 +128,7 @@ def mrl4rec_workload(cfg: Config, env: parallel.DistEnv, data: InteractionData) 
         encoder=lambda model, split: evaluate.user_encoder(_inner(model).tables, env.device),
         user_raw=data.user_raw, item_raw=data.item_raw,
         refit=lambda: _refit_workload(cfg, env, data, csr),
+        data_hash=digest(data.train_users, data.train_items),
     )
 
 
@@ -163,5 +174,5 @@ def multi_interest_workload(cfg: Config, env: parallel.DistEnv) -> Workload:
         num_users=0, num_items=data.num_items, num_samples=len(users),
         build=build, batches=lambda epoch: sequence_batches(data, sampler, cfg, env, epoch),
         eval_sets=eval_sets, encoder=encoder, num_interests=cfg.model.num_interests, hitrate=True,
-        item_raw=data.item_raw, diagnostics=diagnostics,
+        item_raw=data.item_raw, diagnostics=diagnostics, data_hash=digest(data.seq_indptr, data.seq_items, data.train_users),
     )

@@ -175,7 +175,7 @@ def test_resume_from_a_checkpoint_equals_an_uninterrupted_run(world_size, task, 
                  "eval.select_metric=recall@20"]
     straight = run_ranks(_main, world_size, tmp_path, [*args, f"run_dir={tmp_path}/straight"])[0]
     run_ranks(_main, world_size, tmp_path, [*args, "train.epochs=2", f"run_dir={tmp_path}/resumed"])
-    resumed = run_ranks(_main, world_size, tmp_path, [*args, "train.resume=true", f"run_dir={tmp_path}/resumed"])[0]
+    resumed = run_ranks(_main, world_size, tmp_path, [*args, "train.resume=must", f"run_dir={tmp_path}/resumed"])[0]
     assert resumed["best_epoch"] == straight["best_epoch"]
     for d, row in straight["test"].items():
         for m, value in row.items():
@@ -198,3 +198,36 @@ def test_books_config_trains_on_a_small_preset_with_sampled_validation(tmp_path)
     assert 0 < valid["recall@20_se"] < 0.05 and valid["recall@20"] > 0.05
     assert "recall@20_se" not in result["test"]["64"]  # test is never sampled
     assert set(result["seconds"]) == {"data", "train", "valid", "test"}
+
+
+def _epochs(run: Path) -> list[int]:
+    return [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_resume_auto_continues_an_unfinished_run_and_refuses_other_data(tmp_path):
+    root, run = Path(__file__).resolve().parents[2], tmp_path / "r"
+    args = [*TINY, "eval.patience=10", "train.checkpoint_every=2", f"run_dir={run}"]
+    first = run_cli([*args, "train.epochs=3"], root)
+    assert first.returncode == 0, first.stderr
+    assert _epochs(run) == [1, 2, 3] and (run / "checkpoint" / "finished").exists()
+    # As if the job had been killed after epoch 3's record, before it finished: the checkpoint
+    # is from epoch 2, so epoch 3 is redone and logged once.
+    (run / "checkpoint" / "finished").unlink()
+    (run / "metrics.json").unlink()
+    again = run_cli([*args, "train.epochs=4"], root)  # train.resume left at its default, auto
+    assert again.returncode == 0, again.stderr
+    assert "resumed from" in again.stdout and "after epoch 2" in again.stdout
+    assert _epochs(run) == [1, 2, 3, 4]
+    resumes = [json.loads(line) for line in (run / "resumes.jsonl").read_text().splitlines()]
+    assert resumes[-1]["after_epoch"] == 2 and "train.epochs: 3 -> 4" in resumes[-1]["changes"]
+    # A finished run starts afresh under auto.
+    fresh = run_cli([*args, "train.epochs=2"], root)
+    assert fresh.returncode == 0, fresh.stderr
+    assert "resumed" not in fresh.stdout and _epochs(run) == [1, 2]
+    # Another data set (or model shape) is refused in one line, before any shard is read.
+    other = run_cli([*args, "train.epochs=2", "train.resume=must", "data.synthetic.seed=8"], root)
+    assert other.returncode == 2 and "written for data=" in other.stderr and "Traceback" not in other.stderr
+    wider = run_cli([*args, "train.epochs=2", "train.resume=must", "model.dim=32", "model.levels=[4,8,32]"], root)
+    assert wider.returncode == 2 and "written for dim=16" in wider.stderr, wider.stderr
+    none = run_cli([*TINY, "train.resume=must", f"run_dir={tmp_path}/empty"], root)
+    assert none.returncode == 2 and "holds no checkpoint" in none.stderr
