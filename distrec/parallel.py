@@ -71,7 +71,12 @@ def init(device: str = "auto", timeout_s: int = 1800) -> DistEnv:
         dev = torch.device("cpu")
     backend = "nccl" if use_cuda else "gloo"
     if not dist.is_initialized():
-        dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s))
+        store = _restart_store(timedelta(seconds=timeout_s))
+        if store is None:
+            dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s))
+        else:
+            dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s), store=store,
+                                    rank=int(env["RANK"]), world_size=int(env["WORLD_SIZE"]))
     return DistEnv(
         rank=dist.get_rank(),
         world_size=dist.get_world_size(),
@@ -79,6 +84,24 @@ def init(device: str = "auto", timeout_s: int = 1800) -> DistEnv:
         device=dev,
         backend=backend,
     )
+
+
+def _restart_store(timeout: timedelta) -> dist.Store | None:
+    """Under torchrun, a store view whose keys are new at every restart of the workers.
+
+    torchrun shares one TCPStore across its rendezvous rounds, and `init_process_group` writes
+    the same keys at every attempt: restarted workers could read the gloo addresses that the
+    killed attempt left there, and fail with "Connection refused" or wait on a dead peer until
+    the group timeout (measured: 4 of 6 kill trials survived, scripts/chaos.py). Prefixing the
+    keys with TORCHELASTIC_RESTART_COUNT gives each attempt its own. Elsewhere: None."""
+    env = os.environ
+    attempt = env.get("TORCHELASTIC_RESTART_COUNT")
+    if attempt is None:
+        return None
+    agent = env.get("TORCHELASTIC_USE_AGENT_STORE") == "True"  # the agent hosts it; else rank 0 does
+    base = dist.TCPStore(env["MASTER_ADDR"], int(env["MASTER_PORT"]), int(env["WORLD_SIZE"]),
+                         is_master=not agent and env["RANK"] == "0", timeout=timeout, multi_tenant=not agent)
+    return dist.PrefixStore(f"distrec/attempt_{attempt}", base)
 
 
 def shutdown() -> None:
