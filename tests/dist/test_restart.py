@@ -4,6 +4,7 @@ was never interrupted."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -15,6 +16,10 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
+# The chaos script's helpers (a job's worker processes, its logged epochs), not a copy of them.
+_spec = importlib.util.spec_from_file_location("chaos", ROOT / "scripts" / "chaos.py")
+chaos = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(chaos)
 ARGS = ["data.synthetic.preset=tiny", "train.batch_size=32", "model.dim=16", "model.levels=[4,8,16]", "eval.ks=[5,20]",
         "eval.select_metric=recall@20", "eval.patience=100", "train.checkpoint_every=1", "train.epochs=5", "progress=false"]
 
@@ -25,24 +30,6 @@ def _torchrun(run: Path, restarts: int) -> subprocess.Popen:
     log = open(run.parent / f"{run.name}.log", "w")
     return subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=log,
                             stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def _workers(pid: int) -> list[int]:
-    out = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat[stat.rindex(")") + 2 :].split()[1]) == pid:
-                out.append(int(entry.name))
-    return sorted(out)
-
-
-def _epochs(run: Path) -> list[int]:
-    path = run / "metrics.jsonl"
-    return [json.loads(line)["epoch"] for line in path.read_text().splitlines()] if path.exists() else []
 
 
 def _wait(proc: subprocess.Popen, timeout_s: float) -> int:
@@ -58,17 +45,17 @@ def test_a_killed_worker_restarts_resumes_and_ends_like_an_uninterrupted_run(tmp
     assert _wait(straight, 300) == 0
     job = _torchrun(tmp_path / "killed", restarts=1)
     t0 = time.time()
-    while len(_epochs(tmp_path / "killed")) < 2 and time.time() - t0 < 300:
+    while len(chaos.logged_epochs(tmp_path / "killed")) < 2 and time.time() - t0 < 300:
         time.sleep(0.05)
     time.sleep(0.3)  # inside epoch 3
     assert job.poll() is None, "the job ended before the kill"
-    os.kill(_workers(job.pid)[-1], signal.SIGKILL)  # rank 1's worker
+    os.kill(sorted(chaos.children(job.pid))[-1], signal.SIGKILL)  # rank 1's worker
     assert _wait(job, 300) == 0
     log = (tmp_path / "killed.log").read_text()
     assert "resumed from" in log, log[-3000:]
     resumed = json.loads((tmp_path / "killed" / "resumes.jsonl").read_text().splitlines()[-1])
     assert resumed["after_epoch"] >= 2  # at most the killed epoch is redone
-    assert _epochs(tmp_path / "killed") == [1, 2, 3, 4, 5]  # one record per epoch
+    assert chaos.logged_epochs(tmp_path / "killed") == [1, 2, 3, 4, 5]  # one record per epoch
     for name in ("user_embeddings", "item_embeddings"):
         a = np.load(tmp_path / "straight" / "embeddings" / f"{name}.npy")
         b = np.load(tmp_path / "killed" / "embeddings" / f"{name}.npy")
