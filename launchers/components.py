@@ -20,8 +20,8 @@ def train(
     nnodes: int = 1,
     nproc_per_node: int = 2,
     gpus: int = 0,
-    cpus: int = 2,
-    mem_mb: int = 8192,
+    cpus: int = 0,
+    mem_mb: int = 0,
     image: str = "/",
     name: str = "distrec",
     max_retries: int = 0,
@@ -34,12 +34,15 @@ def train(
         nnodes: number of hosts
         nproc_per_node: ranks per host (one per GPU on GPU hosts)
         gpus: GPUs per host (0 = CPU + gloo; otherwise CUDA + nccl, chosen by distrec itself)
-        cpus: CPUs per host
-        mem_mb: host memory in MB
+        cpus: CPUs per host (0: per rank, 2 on CPU hosts, 8 on GPU hosts)
+        mem_mb: host memory in MB (0: per rank, 4096 on CPU hosts, 16384 on GPU hosts; a
+            Books-sized CPU rank peaks at 1.8 GB, docs/benchmarks.md)
         image: container image (kubernetes) or working directory (local_cwd, slurm)
         name: job name
         max_retries: scheduler-level retries
     """
+    # Resources follow the ranks: a fixed 2 CPUs / 8 GB starved 8-GPU hosts (issue #9).
+    per_rank_cpus, per_rank_mb = (8, 16384) if gpus else (2, 4096)
     return dist.ddp(
         "--config",
         config,
@@ -47,9 +50,9 @@ def train(
         m="distrec.train",
         image=image,
         name=name,
-        cpu=cpus,
+        cpu=cpus or per_rank_cpus * nproc_per_node,
         gpu=gpus,
-        memMB=mem_mb,
+        memMB=mem_mb or per_rank_mb * nproc_per_node,
         j=f"{nnodes}x{nproc_per_node}",
         max_retries=max_retries,
     )

@@ -62,6 +62,12 @@ def test_launcher_component_builds_a_torchrun_command():
     assert "-m distrec.train" in cmd and "--config configs/mrl4rec_phones.yaml" in cmd and "train.epochs=3" in cmd
     assert "--nproc_per_node 4" in cmd or "--nproc_per_node=4" in cmd
     assert shutil.which("torchx", path=str(BIN)) is not None
+    # Resources follow the ranks unless given.
+    assert (role.resource.cpu, role.resource.gpu, role.resource.memMB) == (8, 0, 4 * 4096)
+    gpu = train(nproc_per_node=8, gpus=8).roles[0].resource
+    assert (gpu.cpu, gpu.gpu, gpu.memMB) == (64, 8, 8 * 16384)
+    fixed = train(nproc_per_node=8, cpus=16, mem_mb=1000).roles[0].resource
+    assert (fixed.cpu, fixed.memMB) == (16, 1000)
 
 
 def test_launcher_component_from_the_torchx_command_line():
