@@ -79,3 +79,29 @@ def test_launcher_component_from_the_torchx_command_line():
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert "distrec.train" in out.stdout and "configs/mrl4rec_phones.yaml" in out.stdout and "train.epochs=1" in out.stdout
+
+
+def test_two_hosts_on_localhost_give_the_one_host_metrics(tmp_path):
+    # Two torchrun launchers of one process each, meeting through a c10d rendezvous, form one
+    # job of world size 2 as two hosts would (local_world_size 1, a rendezvous across agents,
+    # the restart-safe store): the same metrics as one host running 2 processes.
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "OMP_NUM_THREADS": "1"}
+    node = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1", "--rdzv-backend", "c10d",
+            "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", f"distrec-{port}", "-m", "distrec.train", *TINY,
+            f"run_dir={tmp_path}/two_hosts"]
+    hosts = [subprocess.Popen(node, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    logs = [h.communicate(timeout=400)[0] for h in hosts]
+    assert [h.returncode for h in hosts] == [0, 0], "\n".join(log[-2000:] for log in logs)
+    assert any("world size 2" in log for log in logs)
+    one_host = run([str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", "-m", "distrec.train", *TINY, f"run_dir={tmp_path}/one_host"])
+    check_run(one_host, tmp_path / "one_host", 2)
+    two = json.loads((tmp_path / "two_hosts" / "metrics.json").read_text())["test"]
+    one = json.loads((tmp_path / "one_host" / "metrics.json").read_text())["test"]
+    for d in one:
+        for m, value in one[d].items():
+            assert two[d][m] == pytest.approx(value, abs=1e-5), (d, m)
