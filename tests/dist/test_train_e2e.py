@@ -63,6 +63,7 @@ def run_cli(args, cwd):
         (["model.levels=[8,4,64]"], "strictly increasing"),
         (["model.levels=[8,128]"], "must end at model.dim=64"),
         (["train.optimizer=adam"], "needs a GPU"),
+        (["model.item_sharding=row_wise"], "model.item_sharding=row_wise needs a GPU with model.collection=bag"),
         (["--config", "configs/nope.yaml"], "configs/nope.yaml does not exist"),
     ],
 )
