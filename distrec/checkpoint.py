@@ -22,7 +22,6 @@ from torch.distributed._shard.sharded_tensor import ShardedTensor
 from distrec import parallel
 from distrec.config import ConfigError
 
-RESUME_MODES = ("auto", "never", "must")
 # What a checkpoint's tables and optimizer state are shaped by: resuming with any of these
 # changed would load garbage or fail inside DCP, so it is refused up front.
 FINGERPRINT_KEYS = ("task", "dim", "levels", "num_interests", "num_users", "num_items", "data")

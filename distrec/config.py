@@ -23,6 +23,7 @@ SHARDING_TYPES = ("table_wise", "row_wise", "column_wise", "data_parallel")
 OPTIMIZERS = ("row_wise_adagrad", "adagrad", "sgd", "adam")
 LOSSES = ("bpr", "mrl", "softmax")
 SAMPLERS = ("uniform", "dns", "mns")
+RESUME_MODES = ("auto", "never", "must")  # train.resume (train.prepare_resume)
 DATA_FORMATS = ("synthetic", "user_lines", "log")
 SYNTHETIC_PRESETS = ("tiny", "small", "books")
 
@@ -227,7 +228,7 @@ class TrainConfig:
         _check_choice("train.optimizer", self.optimizer, OPTIMIZERS)
         _check_choice("train.neg_distribution", self.neg_distribution, ("uniform", "log_uniform"))
         _check_choice("train.dense_optimizer", self.dense_optimizer, ("adam", "adagrad", "sgd"))
-        _check_choice("train.resume", self.resume, ("auto", "never", "must"))
+        _check_choice("train.resume", self.resume, RESUME_MODES)
         if self.checkpoint_every < 0:
             raise ConfigError(f"train.checkpoint_every must be >= 0, got {self.checkpoint_every}")
         if self.num_sampled < 0 or self.ihn_beta < 0 or self.rr_lambda < 0:

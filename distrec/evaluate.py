@@ -22,10 +22,9 @@ from distrec import parallel
 from distrec.data.sequences import ranges
 from distrec.embeddings import Tables, lookup_padded
 from distrec.parallel import DistEnv
-from distrec.ranking import count_above, level_scores
+from distrec.ranking import SYNC_EVERY, count_above, level_scores
 
 Csr = tuple[np.ndarray, np.ndarray]  # (indptr [U + 1], column ids)
-SYNC_EVERY = 16  # sharded: item blocks between two sums of the counts over ranks (ranking.count_above)
 BLOCK_ITEMS = 1024  # items scored at once: 512-1024 measured fastest on a Books model (docs/benchmarks.md)
 
 

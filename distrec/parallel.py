@@ -183,12 +183,7 @@ def all_gather_rows(t: torch.Tensor, env: DistEnv, total_rows: int) -> torch.Ten
     """
     if env.world_size == 1:
         return t[:total_rows]
-    per_rank = -(-total_rows // env.world_size)
-    padded = torch.zeros((per_rank, *t.shape[1:]), dtype=t.dtype, device=t.device)
-    padded[: t.shape[0]] = t
-    out = [torch.empty_like(padded) for _ in range(env.world_size)]
-    dist.all_gather(out, padded)
-    return torch.cat(out)[:total_rows]
+    return all_gather_padded(t, env, -(-total_rows // env.world_size))[:total_rows]
 
 
 def all_gather_padded(t: torch.Tensor, env: DistEnv, rows: int) -> torch.Tensor:

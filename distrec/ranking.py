@@ -24,6 +24,8 @@ from collections.abc import Callable
 
 import torch
 
+SYNC_EVERY = 16  # sharded: item blocks between two sums of the counts over ranks
+
 
 def level_scores(u: torch.Tensor, e: torch.Tensor, levels: tuple[int, ...]) -> torch.Tensor:
     """Scores `[P, L]` of pairs (u [P, K, D] queries, e [P, D] items) at every level:
@@ -49,7 +51,7 @@ def count_above(
     block_items: int,
     num_blocks: int | None = None,
     sync: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    sync_every: int = 16,
+    sync_every: int = SYNC_EVERY,
 ) -> torch.Tensor:
     """Per (pair, level), how many rows of `items` score at or above the pair's target, not
     counting the (pair, item) combinations listed in `skip_*`; counts stop mattering at `cap`.
@@ -120,10 +122,13 @@ def count_above(
         above = torch.empty(len(live_pairs), dtype=u.dtype, device=u.device)
         prev = 0
         for li, d in enumerate(levels):
+            # Prefix scores grow level by level, so all levels together cost one full product.
             partial.addmm_(ub[:, :, prev:d].reshape(-1, d - prev), block[:, prev:d].T)
             prev = d
             scores = partial.view(len(rows), k, -1).amax(dim=1) if k > 1 else partial
             t = thresholds[:, li]
+            # Compare into a float buffer and sum floats: summing a bool tensor converts it to
+            # int64 first, which cost 6x the comparison itself (exact: counts < 2**24).
             torch.ge(scores, t[first_pairs][:, None], out=compared)
             above[first_pairs] = compared.sum(dim=1)
             if len(extra):

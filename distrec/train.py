@@ -161,7 +161,7 @@ def fingerprint(cfg: config.Config, work: Workload) -> dict:
     """What a checkpoint's tables are shaped by (checkpoint.FINGERPRINT_KEYS)."""
     return {"task": cfg.model.task, "dim": cfg.model.dim, "levels": list(cfg.model.levels),
             "num_interests": cfg.model.num_interests, "num_users": work.num_users, "num_items": work.num_items,
-            "data": work.data_hash}
+            "data": work.data_hash()}
 
 
 def fit(cfg: config.Config, env: parallel.DistEnv, work: Workload, epochs: int, *, phase: str, start: float,

@@ -9,6 +9,7 @@ stopping and outputs. Imports: the task modules, data, embeddings, evaluate, par
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -46,7 +47,9 @@ class Workload:
     item_raw: np.ndarray | None = None
     refit: Callable[[], "Workload"] | None = None  # the same task on train + valid
     diagnostics: Callable[[nn.Module], dict] | None = None  # extra numbers logged per evaluation
-    data_hash: str = ""  # digest of the training data (checkpoints refuse to resume on other data)
+    # Digest of the training data (checkpoints refuse to resume on other data); computed on
+    # first use, so runs that never checkpoint (and refits) do not hash the data.
+    data_hash: Callable[[], str] = lambda: ""
 
     @property
     def has_valid(self) -> bool:
@@ -128,7 +131,7 @@ def mrl4rec_workload(cfg: Config, env: parallel.DistEnv, data: InteractionData) 
         encoder=lambda model, split: evaluate.user_encoder(_inner(model).tables, env.device),
         user_raw=data.user_raw, item_raw=data.item_raw,
         refit=lambda: _refit_workload(cfg, env, data, csr),
-        data_hash=digest(data.train_users, data.train_items),
+        data_hash=functools.cache(lambda: digest(data.train_users, data.train_items)),
     )
 
 
@@ -174,5 +177,6 @@ def multi_interest_workload(cfg: Config, env: parallel.DistEnv) -> Workload:
         num_users=0, num_items=data.num_items, num_samples=len(users),
         build=build, batches=lambda epoch: sequence_batches(data, sampler, cfg, env, epoch),
         eval_sets=eval_sets, encoder=encoder, num_interests=cfg.model.num_interests, hitrate=True,
-        item_raw=data.item_raw, diagnostics=diagnostics, data_hash=digest(data.seq_indptr, data.seq_items, data.train_users),
+        item_raw=data.item_raw, diagnostics=diagnostics,
+        data_hash=functools.cache(lambda: digest(data.seq_indptr, data.seq_items, data.train_users)),
     )

@@ -64,7 +64,8 @@ def main() -> None:
                epoch_seconds_est=data.train_users.size / cfg.train.batch_size * step_s)
     # Evaluation speed on a fixed sample of users with test items.
     test = data.csr("test")
-    users_with_test = np.flatnonzero(np.diff(test[0]) > 0)[: args.eval_users]
+    every_user = evaluate.rows_with_targets(test)
+    users_with_test = every_user[: args.eval_users]
     sub_indptr = np.zeros_like(test[0])
     keep = np.zeros(data.num_users, bool)
     keep[users_with_test] = True
@@ -76,7 +77,7 @@ def main() -> None:
     work.evaluate(model, "sample", cfg, env)
     eval_s = time.perf_counter() - t
     out.update(eval_users=len(users_with_test), eval_seconds=eval_s, eval_users_per_s=len(users_with_test) / eval_s,
-               full_eval_seconds_est=int((np.diff(test[0]) > 0).sum()) / (len(users_with_test) / eval_s),
+               full_eval_seconds_est=len(every_user) / (len(users_with_test) / eval_s),
                peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     if args.save is not None:
         tables = model.module.tables

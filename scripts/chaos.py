@@ -72,6 +72,8 @@ def trial(rng: random.Random, args, run: Path) -> dict:
             code = proc.wait(timeout=args.timeout)
             outcome = "completed" if code == 0 and (run / "metrics.json").exists() else "failed"
         except subprocess.TimeoutExpired:
+            for pid in children(proc.pid):  # torchrun's workers live in sessions of their own
+                os.kill(pid, signal.SIGKILL)
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
             code, outcome = None, "hung"

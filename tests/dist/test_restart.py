@@ -36,6 +36,8 @@ def _wait(proc: subprocess.Popen, timeout_s: float) -> int:
     try:
         return proc.wait(timeout=timeout_s)
     except subprocess.TimeoutExpired:
+        for pid in chaos.children(proc.pid):  # torchrun's workers live in sessions of their own
+            os.kill(pid, signal.SIGKILL)
         os.killpg(proc.pid, signal.SIGKILL)
         raise AssertionError(f"the job hung for {timeout_s} s") from None
 
