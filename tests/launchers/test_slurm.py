@@ -69,6 +69,15 @@ def test_component_runs_on_a_real_slurm(tmp_path):
         metrics = json.loads((run_dir / "metrics.json").read_text())["test"]
         assert set(metrics) == {"8", "16"}
         assert all(math.isfinite(v) and 0 <= v <= 1 for dim in metrics.values() for v in dim.values()), metrics
+
+        # `torchx run --wait` returns when the job ends, with its final state.
+        waited = sh("torchx", "run", "--wait", "-s", "slurm", "launchers/components.py:train", "--nproc_per_node", "2",
+                    "--cpus", "2", "--mem_mb", "4000", "--", *TINY, f"run_dir={tmp_path / 'waited'}", timeout_s=300)
+        wait_id = waited.stdout.strip().splitlines()[-1].rsplit("/", 1)[1]
+        for log in ROOT.glob(f"slurm-{wait_id}*"):
+            log.unlink()
+        assert waited.returncode == 0 and "Job finished: SUCCEEDED" in waited.stderr, waited.stderr[-3000:]
+        assert (tmp_path / "waited" / "metrics.json").is_file()
     finally:
         sh("scancel", job_id)
         # The job's logs land in the directory torchx ran in (the checkout): slurm-<id>[-train-0].{out,err}.
