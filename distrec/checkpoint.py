@@ -5,13 +5,15 @@ replicated tensor), to come back to the best validation epoch without communicat
 On disk: resumable checkpoints with torch.distributed.checkpoint (DCP), each rank writing its
 own shards, with the loop state, the config and a fingerprint of the model and data
 (`loop.pt`). `recover` finds the newest complete checkpoint whatever moment a write was killed
-at; `check_compatible` refuses to resume a run of another data set or model shape.
-Imports: torch, distrec.parallel, distrec.config.
+at; `check_compatible` refuses to resume a run of another data set or model shape. `Schedule`
+says when the loop writes one: every N epochs, N steps or M minutes, and on preemption.
+Imports: torch, distrec.parallel, distrec.preemption, distrec.config.
 """
 
 from __future__ import annotations
 
 import shutil
+import time
 from pathlib import Path
 
 import torch
@@ -19,7 +21,7 @@ import torch.distributed.checkpoint as dcp
 from torch import nn
 from torch.distributed._shard.sharded_tensor import ShardedTensor
 
-from distrec import parallel
+from distrec import parallel, preemption
 from distrec.config import ConfigError
 
 # What a checkpoint's tables and optimizer state are shaped by: resuming with any of these
@@ -97,15 +99,45 @@ def save(path: Path, model: nn.Module, dense_opts: list, env, extra: dict) -> No
 
 
 def load(path: Path, model: nn.Module, dense_opts: list) -> dict:
-    """Restore what `save` wrote into a model sharded the same way; returns `extra`."""
+    """Restore what `save` wrote into this model, however it is sharded now; returns `extra`.
+
+    DCP reshards tables and per-element optimizer state to any world size and sharding type.
+    Row-wise Adagrad keeps one accumulator per row and column block ([rows * blocks]), so a
+    change between column-wise and other sharding changes its shape: `_regroup_row_state`
+    converts it (exactly from column-wise, as the blocks' mean; to column-wise, by giving every
+    block the row's value, which is what a row-wise update of the whole row would have used)."""
     state = {"model": model.state_dict(), "optim": model.fused_optimizer.state_dict()}
-    dcp.load(state, checkpoint_id=str(path))  # in place, into this rank's shards
+    saved = dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata
+    regroup = []
+    for param, entries in state["optim"].get("state", {}).items():
+        for name, live in list(entries.items()):
+            size = getattr(saved.get(f"optim.state.{param}.{name}"), "size", None)
+            if isinstance(live, ShardedTensor) and live.dim() == 1 and size is not None and tuple(size) != tuple(live.size()):
+                # Read the saved layout whole (DCP gives a plain tensor all of it), regroup below.
+                entries[name] = torch.empty(int(size[0]), dtype=live.dtype)
+                regroup.append((entries, name, live, int(state["model"][param].size(0))))
+    dcp.load(state, checkpoint_id=str(path))  # in place, into this rank's shards; one collective
+    for entries, name, live, rows in regroup:
+        _regroup_row_state(live, entries[name], rows)
+        entries[name] = live
     model.load_state_dict(state["model"])
     model.fused_optimizer.load_state_dict(state["optim"])
     blob = torch.load(path / "loop.pt", weights_only=False)
-    for opt, saved in zip(dense_opts, blob["dense"], strict=True):
-        opt.load_state_dict(saved)
+    for opt, saved_opt in zip(dense_opts, blob["dense"], strict=True):
+        opt.load_state_dict(saved_opt)
     return blob["extra"]
+
+
+@torch.no_grad()
+def _regroup_row_state(live: ShardedTensor, full: torch.Tensor, rows: int) -> None:
+    """Write a per-(column block, row) state saved as `full [blocks * rows]` into `live`, laid
+    out with another number of blocks: each row's mean over the saved blocks, repeated."""
+    if full.numel() % rows or live.size(0) % rows:
+        raise ValueError(f"optimizer state of {full.numel()} values does not fit a table of {rows} rows")
+    per_row = full.view(-1, rows).mean(dim=0)
+    for shard in live.local_shards():
+        start, length = int(shard.metadata.shard_offsets[0]), int(shard.metadata.shard_sizes[0])
+        shard.tensor.copy_(per_row[(torch.arange(start, start + length) % rows)])
 
 
 def complete(path: Path) -> bool:
@@ -157,3 +189,52 @@ def config_changes(saved: dict, current: dict, prefix: str = "") -> list[str]:
         elif a != b:
             out.append(f"{prefix}{key}: {a} -> {b}")
     return out
+
+
+class Schedule:
+    """When the training loop writes `checkpoint/last`.
+
+    `every_epochs`: after every N-th epoch (with its evaluation). `every_steps`: after every
+    N-th global step of the run. `every_minutes`: after the first step that ends M minutes
+    after the previous checkpoint (rank 0's clock decides). And after any step once SIGTERM
+    arrived on any rank. The time and preemption decisions are agreed by one all-reduce of two
+    flags per step (multi-rank runs only), so every rank writes the same checkpoint.
+    """
+
+    def __init__(self, every_epochs: int, every_steps: int, every_minutes: float, env) -> None:
+        self.every_epochs, self.every_steps, self.every_minutes, self.env = every_epochs, every_steps, every_minutes, env
+        self.last_save = time.monotonic()
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.every_epochs or self.every_steps or self.every_minutes)
+
+    def _agreed(self) -> tuple[bool, bool]:
+        """(preemption asked on any rank, rank 0's time interval over): one collective."""
+        timed = bool(self.every_minutes) and self.env.is_main and time.monotonic() - self.last_save >= 60 * self.every_minutes
+        flags = torch.tensor([float(preemption.requested()), float(timed)])
+        if self.env.world_size > 1:
+            flags = parallel.all_reduce_max(flags, self.env)
+        return bool(flags[0] > 0), bool(flags[1] > 0)
+
+    def after_step(self, global_step: int) -> str | None:
+        """"preempt", "interval" or None for the step that just ended (a collective)."""
+        preempt, timed = self._agreed()
+        if preempt:
+            return "preempt"
+        if timed or (self.every_steps and global_step % self.every_steps == 0):
+            return "interval"
+        return None
+
+    def after_epoch(self, epoch: int, interval_pending: bool) -> str | None:
+        """The same at an epoch's end, after its evaluation; `interval_pending`: a step or time
+        interval ended with the epoch's last step and was left for this checkpoint."""
+        preempt, timed = self._agreed()
+        if preempt:
+            return "preempt"
+        if timed or interval_pending or (self.every_epochs and epoch % self.every_epochs == 0):
+            return "interval"
+        return None
+
+    def saved(self) -> None:
+        self.last_save = time.monotonic()

@@ -7,6 +7,7 @@ tree. Unknown keys and ill-typed values are errors that name the key. Imports: s
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -209,6 +210,11 @@ class TrainConfig:
     # of epochs and test that one (the validation split then only picks the epoch count).
     refit: bool = False
     checkpoint_every: int = 0  # epochs between resumable checkpoints in <run_dir>/checkpoint (0 = off)
+    # Mid-epoch checkpoints: after every N-th training step / the first step M minutes after the
+    # previous checkpoint (0 = off). A resumed run continues at exactly the next batch. SIGTERM
+    # (preemption) always writes one and exits with code 143.
+    checkpoint_every_steps: int = 0
+    checkpoint_every_minutes: float = 0.0
     # auto: continue from <run_dir>/checkpoint/last when it exists (what a restarted job needs),
     # start afresh otherwise; never: always afresh (an old checkpoint is deleted); must: resume or stop.
     resume: str = "auto"
@@ -229,8 +235,10 @@ class TrainConfig:
         _check_choice("train.neg_distribution", self.neg_distribution, ("uniform", "log_uniform"))
         _check_choice("train.dense_optimizer", self.dense_optimizer, ("adam", "adagrad", "sgd"))
         _check_choice("train.resume", self.resume, RESUME_MODES)
-        if self.checkpoint_every < 0:
-            raise ConfigError(f"train.checkpoint_every must be >= 0, got {self.checkpoint_every}")
+        for name in ("checkpoint_every", "checkpoint_every_steps", "checkpoint_every_minutes"):
+            value = getattr(self, name)
+            if not (value >= 0 and math.isfinite(value)):  # also refuses nan
+                raise ConfigError(f"train.{name} must be a finite number >= 0 (0 = off), got {value}")
         if self.num_sampled < 0 or self.ihn_beta < 0 or self.rr_lambda < 0:
             raise ConfigError("train.num_sampled, train.ihn_beta and train.rr_lambda must be >= 0")
         for name in ("epochs", "batch_size", "num_negs"):

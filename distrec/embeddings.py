@@ -3,7 +3,8 @@
 One collection per entity (users, items), each with one table, so that user and item lookups
 can have different batch sizes. `lookup()` turns a flat id tensor into a KeyedJaggedTensor of
 bags of one id and returns `[N, D]` rows, whichever collection type (bag or sequence) and
-however the table is sharded. Imports: torch, torchrec, distrec.config.
+however the table is sharded. `Tables.seed` initialises the tables the same for any world size.
+Imports: numpy, torch, torchrec, distrec.counters, distrec.config.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import dataclasses
 import functools
 import math
 
+import numpy as np
 import torch
 from torch import nn
 from torchrec import optim as trec_optim
@@ -21,6 +23,7 @@ from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backwa
 from torchrec.optim.optimizers import in_backward_optimizer_filter
 from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor
 
+from distrec import counters
 from distrec.config import ConfigError, ModelConfig, TrainConfig
 
 USER, ITEM = "user", "item"
@@ -68,6 +71,26 @@ class Tables(nn.Module):
         self.dim = cfg.dim
         self.user_table = make_collection(USER, num_users, cfg, device) if num_users else None
         self.item_table = make_collection(ITEM, num_items, cfg, device)
+
+    @torch.no_grad()
+    def seed(self, seed: int, rows_per_chunk: int = 1 << 16) -> None:
+        """Initialise every table, after sharding, with uniform(-b, b), b = sqrt(6 / (rows + D)),
+        entry (r, c) drawn from counter r * D + c of the table's stream: every rank writes its
+        own blocks, and the tables come out the same for any world size or sharding type."""
+        for index, (collection, key, num_rows) in enumerate(
+            ((self.user_table, USER, self.num_users), (self.item_table, ITEM, self.num_items))
+        ):
+            if collection is None:
+                continue
+            stream, bound = counters.key(seed, 4, index), math.sqrt(6.0 / (num_rows + self.dim))
+            for shard in local_shards(collection, key)[0]:
+                nr, nc = shard.weight.shape
+                cols = np.arange(shard.first_col, shard.first_col + nc)
+                for r0 in range(0, nr, rows_per_chunk):
+                    rows = np.arange(shard.first_row + r0, shard.first_row + min(r0 + rows_per_chunk, nr))
+                    u = counters.random(stream, rows[:, None] * self.dim + cols)
+                    block = shard.weight[r0 : r0 + len(rows)]
+                    block.copy_(torch.from_numpy((2.0 * u - 1.0) * bound).to(block.dtype))
 
     def users(self, ids: torch.Tensor) -> torch.Tensor:
         return lookup(self.user_table, USER, ids)

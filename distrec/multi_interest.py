@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from distrec import losses, parallel
+from distrec import counters, losses, parallel
 from distrec.config import Config, ModelConfig, TrainConfig
 from distrec.data.batches import DeviceBatch, epoch_batches
 from distrec.data.sequences import SequenceData, history_windows
@@ -106,29 +106,34 @@ class NegativeSampler:
         ranks[self.by_rank] = np.arange(data.num_items)
         self.log_q = np.log(np.log((ranks + 2) / (ranks + 1)) / np.log(data.num_items + 1))  # per item id
 
-    def draw(self, rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray | None]:
-        """`n` negative ids and their log q (None: uniform), or every item once, without log q,
-        when `n` reaches the catalogue (the exact softmax needs no correction)."""
+    def draw(self, stream: np.uint64, first: int, local: int, n: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """`n` negative ids and their log q (None: uniform) for the `local` samples from global
+        position `first` on (counter-based, as `shared_negatives`), or every item once, without
+        log q, when `n` reaches the catalogue (the exact softmax needs no correction)."""
         if self.distribution == "uniform" or n >= self.num_items:
-            return shared_negatives(rng, self.num_items, n), None
-        ranks = np.floor(np.exp(rng.random(n) * np.log(self.num_items + 1))).astype(np.int64) - 1
+            return shared_negatives(stream, first, local, self.num_items, n), None
+        per = -(-n // max(local, 1))
+        u = counters.random(stream, np.arange(first * per, first * per + n))
+        ranks = np.floor(np.exp(u * np.log(self.num_items + 1))).astype(np.int64) - 1
         ids = self.by_rank[np.clip(ranks, 0, self.num_items - 1)]
         return ids, self.log_q[ids]
 
 
 def sequence_batches(
-    data: SequenceData, sampler: NegativeSampler, cfg: Config, env: parallel.DistEnv, epoch: int
+    data: SequenceData, sampler: NegativeSampler, cfg: Config, env: parallel.DistEnv, epoch: int, start: int = 0
 ) -> Iterator[SeqBatch]:
-    """The epoch's batches for this rank: (history window, next item) for every training position."""
+    """The epoch's batches for this rank from batch `start` on: (history window, next item) for
+    every training position. Negatives are counter-based draws keyed by sample position."""
     users, positions = data.train_samples()
-    rng = np.random.default_rng([cfg.train.seed, epoch, env.rank])  # negatives: per rank and epoch
-    for idx, global_size in epoch_batches(len(users), cfg.train.batch_size, cfg.train.seed, epoch, env.rank, env.world_size):
+    stream = counters.key(cfg.train.seed, epoch, 3)
+    for part in epoch_batches(len(users), cfg.train.batch_size, cfg.train.seed, epoch, env.rank, env.world_size, start):
+        idx, global_size = part.rows, part.global_size
         hist, mask = history_windows(data, users[idx], positions[idx], cfg.data.sequence.max_len)
         num = cfg.train.num_sampled or 10 * len(idx)
         # Asked for at least the catalogue, the sampler gives every item once, and with the
         # batch's positives removed as accidental hits the sampled softmax is the exact one.
         catalogue = num >= data.num_items
-        negs, log_q = sampler.draw(rng, num)
+        negs, log_q = sampler.draw(stream, part.first, len(idx), num)
         negs = torch.as_tensor(negs)
         log_q = torch.as_tensor(log_q, dtype=torch.float32) if log_q is not None else None
         if cfg.train.gather_negatives and env.world_size > 1 and not catalogue:

@@ -175,6 +175,15 @@ def all_reduce_sum(t: torch.Tensor, env: DistEnv) -> torch.Tensor:
     return work.to(t.device)
 
 
+def all_reduce_max(t: torch.Tensor, env: DistEnv) -> torch.Tensor:
+    """Element-wise max over ranks (flags that any rank may raise); returns the input's device."""
+    if env.world_size == 1:
+        return t
+    work = t.to(env.device)
+    dist.all_reduce(work, op=dist.ReduceOp.MAX)
+    return work.to(t.device)
+
+
 def all_gather_rows(t: torch.Tensor, env: DistEnv, total_rows: int) -> torch.Tensor:
     """Concatenate each rank's rows `[n_r, ...]` in rank order, then trim to `total_rows`.
 

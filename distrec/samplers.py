@@ -1,7 +1,8 @@
 """Negative samplers: uniform candidates excluding training items, DNS and MNS selection.
 
-Candidates are drawn on each rank for its local batch with a generator seeded by
-(seed, epoch, rank); hard samplers score them with the current embeddings and keep the
+Candidates are counter-based draws (distrec.counters) keyed by (seed, epoch) and the sample's
+global position in the epoch, so they do not depend on the rank or the world size; hard
+samplers score them with the current embeddings and keep the
 highest-scoring one, at full dimension (DNS) or per matryoshka level on that level's prefix
 (MNS). Imports: numpy, torch.
 """
@@ -11,6 +12,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from distrec import counters
 
 _FIB = np.uint64(0x9E3779B97F4A7C15)
 
@@ -54,27 +57,36 @@ class CandidateSampler:
             out[maybe] = self.keys[np.minimum(np.searchsorted(self.keys, sub), len(self.keys) - 1)] == sub
         return out
 
-    def draw(self, rng: np.random.Generator, users: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-        """`users [B]` -> candidate ids `[B, *shape]`, none a training item of its user."""
+    def draw(self, stream: np.uint64, positions: np.ndarray, users: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+        """`users [B]` at global `positions [B]` -> candidate ids `[B, *shape]`, none a training
+        item of its user. Candidate j of the sample at position p is draw p * C + j of `stream`
+        (C candidates per sample); a rejected one is redrawn from the round's own stream."""
         users = users.astype(np.int64)
-        out = rng.integers(0, self.num_items, size=(len(users), *shape), dtype=np.int64)
+        per = int(np.prod(shape))
+        slots = (np.asarray(positions, np.int64)[:, None] * per + np.arange(per)).reshape(len(users), *shape)
+        out = counters.integers(stream, slots, self.num_items)
         owner = np.broadcast_to(users.reshape(-1, *([1] * len(shape))), out.shape)
-        flat_out, flat_owner = out.reshape(-1), owner.reshape(-1)
+        flat_out, flat_owner, flat_slots = out.reshape(-1), owner.reshape(-1), slots.reshape(-1)
         bad = np.flatnonzero(self.is_train(flat_owner, flat_out))
-        for _ in range(self.max_rounds):
+        for round_ in range(1, self.max_rounds + 1):
             if len(bad) == 0:
                 return out
-            flat_out[bad] = rng.integers(0, self.num_items, size=len(bad), dtype=np.int64)
+            flat_out[bad] = counters.integers(counters.key(stream, round_), flat_slots[bad], self.num_items)
             bad = bad[self.is_train(flat_owner[bad], flat_out[bad])]
         raise RuntimeError(f"could not draw negatives for {len(bad)} candidates in {self.max_rounds} rounds")
 
 
-def shared_negatives(rng: np.random.Generator, num_items: int, num: int) -> np.ndarray:
-    """Negative ids `[N]` shared by a batch: `num` uniform draws with replacement, or every item
-    (in id order) when `num` reaches the catalogue size, which makes the softmax exact."""
+def shared_negatives(stream: np.uint64, first: int, local: int, num_items: int, num: int) -> np.ndarray:
+    """Negative ids `[N]` shared by a rank's slice of a batch: `num` uniform draws with
+    replacement, or every item (in id order) when `num` reaches the catalogue size, which
+    makes the softmax exact. The slice of `local` samples starting at global position
+    `first` draws counters [first * s, first * s + num), s = ceil(num / local): with the
+    default num = 10 x local batch, the ranks' draws together are the same whatever the
+    world size."""
     if num >= num_items:
         return np.arange(num_items, dtype=np.int64)
-    return rng.integers(0, num_items, size=num, dtype=np.int64)
+    per = -(-num // max(local, 1))
+    return counters.integers(stream, np.arange(first * per, first * per + num), num_items)
 
 
 def candidate_shape(sampler: str, num_negs: int, num_levels: int, mns_pool: str) -> tuple[int, int]:

@@ -20,13 +20,14 @@ if __package__ in (None, ""):
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 import math
+import os
 import shutil
 import time
 
 import torch
 from tqdm import tqdm
 
-from distrec import checkpoint, config, outputs, parallel
+from distrec import checkpoint, config, counters, outputs, parallel, preemption
 from distrec.data import DataError
 from distrec.data.batches import num_batches
 from distrec.embeddings import check_optimizer_device
@@ -65,6 +66,11 @@ def parse_args(argv: list[str]) -> tuple[str | None, list[str]]:
 def main(argv: list[str] | None = None) -> dict:
     path, overrides = parse_args(sys.argv[1:] if argv is None else argv)
     cfg = config.load(path, overrides)
+    # Scheduler logs (torchx, Slurm, Kubernetes) are files: without line buffering the epoch
+    # lines would arrive in blocks, long after the fact, or be lost with a killed worker.
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(line_buffering=True)
+    previous = preemption.install()  # SIGTERM: checkpoint at the next step boundary, then exit 143
     env = parallel.init(cfg.device)
     try:
         result = train(cfg, env)
@@ -74,6 +80,7 @@ def main(argv: list[str] | None = None) -> dict:
         return result
     finally:
         parallel.shutdown()
+        preemption.restore(previous)
 
 
 def train(cfg: config.Config, env: parallel.DistEnv) -> dict:
@@ -172,65 +179,111 @@ def fit(cfg: config.Config, env: parallel.DistEnv, work: Workload, epochs: int, 
     phase "select": evaluate validation every `eval.every_epochs`, keep the best epoch's
     weights (restored before returning), stop after `eval.patience` evaluations without
     progress. "refit" / "train" (no validation): run all epochs; test is evaluated on the way
-    only with `eval.track_test`.
+    only with `eval.track_test`. Checkpoints follow `checkpoint.Schedule`; a resumed run
+    continues at the batch after its checkpoint.
     """
     log = print if env.is_main else (lambda *a, **k: None)
     select = phase == "select"
-    # Seeded initialisation: a run is reproducible (and resumable) for a given world size. Each
-    # rank gets its own stream, so shards on different ranks are not initialised alike.
-    torch.manual_seed(cfg.train.seed * 1009 + env.rank)
+    # Dense towers: DDP copies rank 0's initial weights to every rank. Tables: counter-based,
+    # the same for any world size (Tables.seed). Training draws are counter-based too, so a run
+    # does not depend on the world size at equal global batch, up to float summation order.
+    torch.manual_seed(cfg.train.seed * 1009)
     model, dense_opts = work.build()
+    model.module.tables.seed(cfg.train.seed)
     log(f"sharding plan:\n{model.plan}")
     dim, metric = str(cfg.model.levels[-1]), cfg.eval.select_metric
     best = {"score": -math.inf, "epoch": epochs, "valid": None, "snapshot": None}
-    seconds, eval_seconds, first = 0.0, 0.0, 1
+    seconds, eval_seconds = 0.0, 0.0
     ckpt = Path(cfg.run_dir) / "checkpoint"
     resumable = phase != "refit"  # a refit is short and restarts from scratch
+    schedule = checkpoint.Schedule(cfg.train.checkpoint_every, cfg.train.checkpoint_every_steps,
+                                   cfg.train.checkpoint_every_minutes, env)
+    steps = num_batches(work.num_samples, cfg.train.batch_size)
+    at = {"epoch": 0, "batch": 0, "totals": None, "stopped": False}  # where the loop starts
+    best_on_disk = False
     if resumable and resuming:
-        saved = checkpoint.read_loop(ckpt / "last")
-        checkpoint.check_compatible(ckpt / "last", saved, fingerprint(cfg, work))  # before DCP reads any shard
-        if select and checkpoint.complete(ckpt / "best"):
-            checkpoint.load(ckpt / "best", model, dense_opts)
-            best["snapshot"] = checkpoint.snapshot(model)
-        loop = checkpoint.load(ckpt / "last", model, dense_opts)
-        best.update(loop["best"])
-        first, seconds = loop["epoch"] + 1, loop["seconds"]
-        log(f"resumed from {ckpt / 'last'} after epoch {loop['epoch']} (best epoch {best['epoch']})")
-        changes = [c for c in checkpoint.config_changes(loop.get("config", {}), config.to_dict(cfg)) if not c.startswith("train.resume:")]
-        if changes:
-            log("resumed with changed settings (recorded in resumes.jsonl): " + "; ".join(changes))
-        if env.is_main:
-            outputs.truncate_metrics(Path(cfg.run_dir), loop["epoch"])
-            outputs.append_record(Path(cfg.run_dir) / "resumes.jsonl", {"after_epoch": loop["epoch"], "changes": changes,
-                                                                        "world_size": env.world_size, "time": time.time()})
-    for epoch in range(first, epochs + 1):
+        loop = _resume(cfg, env, work, model, dense_opts, best, select)
+        at.update({k: loop[k] for k in at if k in loop})
+        best_on_disk, seconds = checkpoint.complete(ckpt / "best"), loop["seconds"]
+
+    def write(closed: int, batch: int = 0, totals: list | None = None, *, stopped: bool = False) -> None:
+        """checkpoint/last at: `closed` epochs done and evaluated, `batch` batches of the next."""
+        loop = {"epoch": closed, "batch": batch, "totals": totals, "stopped": stopped, "seconds": seconds,
+                "best": {k: v for k, v in best.items() if k != "snapshot"},
+                "fingerprint": fingerprint(cfg, work), "config": config.to_dict(cfg)}
+        nonlocal best_on_disk
+        if select and best["snapshot"] is not None and not best_on_disk:
+            # A preemption before any scheduled checkpoint: the best weights exist only in memory.
+            live = checkpoint.snapshot(model)
+            checkpoint.restore(model, best["snapshot"])
+            checkpoint.save(ckpt / "best", model, dense_opts, env, loop)
+            checkpoint.restore(model, live)
+            best_on_disk = True
+        checkpoint.save(ckpt / "last", model, dense_opts, env, loop)
+        schedule.saved()
+
+    pending = False  # a step or time interval that ended with an epoch's last step
+
+    def after_step(epoch: int, done: int, totals: torch.Tensor) -> None:
+        nonlocal pending
+        reason = schedule.after_step((epoch - 1) * steps + done)
+        if reason == "interval" and resumable:
+            if done == steps:
+                pending = True  # the epoch's own checkpoint, after its evaluation, covers it
+            else:
+                write(epoch - 1, done, parallel.all_reduce_sum(totals.clone(), env).tolist())
+                log(f"checkpoint: epoch {epoch}, {done}/{steps} batches")
+        elif reason == "preempt":
+            if resumable:
+                write(epoch - 1, done, parallel.all_reduce_sum(totals.clone(), env).tolist())
+            raise preemption.Preempted(f"preempted (SIGTERM) at epoch {epoch}, batch {done}/{steps}; "
+                                       + ("checkpoint written, the same command resumes" if resumable else
+                                          "the refit restarts from its start"))
+
+    for epoch in range(at["epoch"] + 1, epochs + 1):
+        if at["stopped"]:
+            break
+        first_batch = at["batch"] if epoch == at["epoch"] + 1 else 0
+        carried = at["totals"] if first_batch and env.is_main else None
         t0 = time.perf_counter()
-        record = {"phase": phase, "epoch": epoch, "loss": train_epoch(model, dense_opts, work, cfg, env, epoch)}
-        record["epoch_seconds"] = time.perf_counter() - t0
+        loss = train_epoch(model, dense_opts, work, cfg, env, epoch, start=first_batch, carried=carried,
+                           after_step=lambda done, totals, e=epoch: after_step(e, done, totals))
+        record = {"phase": phase, "epoch": epoch, "loss": loss, "epoch_seconds": time.perf_counter() - t0}
         seconds += record["epoch_seconds"]
-        if (epoch % cfg.eval.every_epochs and epoch != epochs) or not (select or cfg.eval.track_test):
+        improved, stop = False, False
+        if not (epoch % cfg.eval.every_epochs and epoch != epochs) and (select or cfg.eval.track_test):
+            t1 = time.perf_counter()
+            model.eval()
+            if select:
+                record["valid"] = work.evaluate(model, "valid", cfg, env)
+            if cfg.eval.track_test:  # reporting only; selection never looks at test
+                record["test"] = work.evaluate(model, "test", cfg, env)
+            if work.diagnostics is not None:
+                record.update(work.diagnostics(model))
+            record["eval_seconds"] = time.perf_counter() - t1
+            eval_seconds += record["eval_seconds"]
+            record["elapsed_seconds"] = time.perf_counter() - start
+            if env.is_main:
+                outputs.append_metrics(Path(cfg.run_dir), record)
+            improved = select and record["valid"][dim][metric] > best["score"]
+            if improved:
+                best.update(score=record["valid"][dim][metric], epoch=epoch, valid=record["valid"],
+                            snapshot=checkpoint.snapshot(model))
+            log(_epoch_line(record, dim, metric, best["epoch"] if select else None))
+            stop = select and epoch - best["epoch"] >= cfg.eval.patience * cfg.eval.every_epochs
+        else:
             log(_epoch_line(record))
-            _maybe_checkpoint(cfg, env, work, model, dense_opts, epoch, best, seconds, improved=False, resumable=resumable)
-            continue
-        t1 = time.perf_counter()
-        model.eval()
-        if select:
-            record["valid"] = work.evaluate(model, "valid", cfg, env)
-        if cfg.eval.track_test:  # reporting only; selection never looks at test
-            record["test"] = work.evaluate(model, "test", cfg, env)
-        if work.diagnostics is not None:
-            record.update(work.diagnostics(model))
-        record["eval_seconds"] = time.perf_counter() - t1
-        eval_seconds += record["eval_seconds"]
-        record["elapsed_seconds"] = time.perf_counter() - start
-        if env.is_main:
-            outputs.append_metrics(Path(cfg.run_dir), record)
-        improved = select and record["valid"][dim][metric] > best["score"]
-        if improved:
-            best.update(score=record["valid"][dim][metric], epoch=epoch, valid=record["valid"], snapshot=checkpoint.snapshot(model))
-        log(_epoch_line(record, dim, metric, best["epoch"] if select else None))
-        _maybe_checkpoint(cfg, env, work, model, dense_opts, epoch, best, seconds, improved=improved, resumable=resumable)
-        if select and epoch - best["epoch"] >= cfg.eval.patience * cfg.eval.every_epochs:
+        if resumable and improved and schedule.enabled:
+            checkpoint.save(ckpt / "best", model, dense_opts, env, {})
+            best_on_disk = True
+        reason = schedule.after_epoch(epoch, pending)
+        pending = False
+        if resumable and (reason or (stop and schedule.enabled)):
+            write(epoch, stopped=stop)  # a resumed early-stopped run does not train on
+        if reason == "preempt":
+            raise preemption.Preempted(f"preempted (SIGTERM) after epoch {epoch}; " + (
+                "checkpoint written, the same command resumes" if resumable else "the refit restarts from its start"))
+        if stop:
             log(f"early stop: no better validation {metric} since epoch {best['epoch']}")
             break
     if select:
@@ -238,28 +291,43 @@ def fit(cfg: config.Config, env: parallel.DistEnv, work: Workload, epochs: int, 
     return model, best, (seconds, eval_seconds)
 
 
-def _maybe_checkpoint(cfg, env, work, model, dense_opts, epoch: int, best: dict, seconds: float, *, improved: bool, resumable: bool) -> None:
-    """Every `train.checkpoint_every` epochs: the state to resume from ("last"), and the best
-    validation epoch's weights ("best") whenever they improve."""
-    every = cfg.train.checkpoint_every
-    if not (every and resumable):
-        return
+def _resume(cfg, env, work, model, dense_opts, best: dict, select: bool) -> dict:
+    """Load checkpoint/last (and /best) into the model; returns the saved loop state."""
+    log = print if env.is_main else (lambda *a, **k: None)
     ckpt = Path(cfg.run_dir) / "checkpoint"
-    loop = {"epoch": epoch, "seconds": seconds, "best": {k: v for k, v in best.items() if k != "snapshot"},
-            "fingerprint": fingerprint(cfg, work), "config": config.to_dict(cfg)}
-    if improved:
-        checkpoint.save(ckpt / "best", model, dense_opts, env, loop)
-    if epoch % every == 0:
-        checkpoint.save(ckpt / "last", model, dense_opts, env, loop)
+    saved = checkpoint.read_loop(ckpt / "last")
+    checkpoint.check_compatible(ckpt / "last", saved, fingerprint(cfg, work))  # before DCP reads any shard
+    if select and checkpoint.complete(ckpt / "best"):
+        checkpoint.load(ckpt / "best", model, dense_opts)
+        best["snapshot"] = checkpoint.snapshot(model)
+    loop = checkpoint.load(ckpt / "last", model, dense_opts)
+    best.update(loop["best"])
+    where = f"epoch {loop['epoch']}" + (f" and {loop['batch']} batches of epoch {loop['epoch'] + 1}" if loop.get("batch") else "")
+    log(f"resumed from {ckpt / 'last'} after {where} (best epoch {best['epoch']})")
+    changes = [c for c in checkpoint.config_changes(loop.get("config", {}), config.to_dict(cfg)) if not c.startswith("train.resume:")]
+    if changes:
+        log("resumed with changed settings (recorded in resumes.jsonl): " + "; ".join(changes))
+    if env.is_main:
+        outputs.truncate_metrics(Path(cfg.run_dir), loop["epoch"])
+        outputs.append_record(Path(cfg.run_dir) / "resumes.jsonl", {
+            "after_epoch": loop["epoch"], "batch": loop.get("batch", 0), "changes": changes,
+            "world_size": env.world_size, "time": time.time()})
+    return loop
 
 
-def train_epoch(model, dense_opts, work: Workload, cfg: config.Config, env: parallel.DistEnv, epoch: int) -> float:
-    """One pass over the training samples; returns the mean loss over all ranks' samples."""
-    bar = tqdm(work.batches(epoch), total=num_batches(work.num_samples, cfg.train.batch_size), desc=f"epoch {epoch}",
+def train_epoch(model, dense_opts, work: Workload, cfg: config.Config, env: parallel.DistEnv, epoch: int, *,
+                start: int = 0, carried: list | None = None, after_step=None) -> float:
+    """One pass over the training samples from batch `start` on; returns the mean loss over all
+    ranks' samples (`carried`: the [loss sum, pairs] of the batches before `start`, on rank 0).
+    `after_step(batches done, this rank's totals)` runs after every step (checkpoints)."""
+    total = num_batches(work.num_samples, cfg.train.batch_size)
+    bar = tqdm(work.batches(epoch, start), total=total, initial=start, desc=f"epoch {epoch}",
                leave=False, disable=not (cfg.progress and env.is_main), mininterval=1.0)
-    totals = torch.zeros(2, dtype=torch.float64)
+    totals = torch.tensor(carried if carried else [0.0, 0.0], dtype=torch.float64)
     model.train()
-    for step, batch in enumerate(bar):
+    for step, batch in enumerate(bar, start):
+        # Dropout masks from a per-step seed: a run resumed at this step draws the same ones.
+        torch.manual_seed(int(counters.key(cfg.train.seed, epoch, step, env.rank)) >> 1)
         loss, stats = model(batch)
         if not torch.isfinite(loss):
             raise FloatingPointError(
@@ -271,6 +339,8 @@ def train_epoch(model, dense_opts, work: Workload, cfg: config.Config, env: para
             opt.step()
             opt.zero_grad()
         totals += torch.stack([stats["loss_sum"].double().cpu(), stats["pairs"].double().cpu()])
+        if after_step is not None:
+            after_step(step + 1, totals)
     totals = parallel.all_reduce_sum(totals, env)
     return (totals[0] / totals[1].clamp(min=1)).item()
 
@@ -305,6 +375,10 @@ if __name__ == "__main__":
     except (config.ConfigError, DataError, FloatingPointError) as err:  # one clear line, no traceback
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
+    except preemption.Preempted as stop:  # the scheduler retries a job that exits non-zero
+        if os.environ.get("RANK", "0") == "0":  # every rank stops at the same step: say it once
+            print(stop, file=sys.stderr)
+        raise SystemExit(preemption.EXIT_CODE) from None
     except KeyboardInterrupt:  # Ctrl-C: one line; the last checkpoint (if any) is whole
         print("interrupted", file=sys.stderr)
         raise SystemExit(130) from None

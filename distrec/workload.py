@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from distrec import evaluate, losses, parallel
+from distrec import counters, evaluate, losses, parallel
 from distrec.config import Config
 from distrec.data import InteractionData, load_dataset
 from distrec.data.batches import epoch_batches
@@ -38,7 +38,7 @@ class Workload:
     num_items: int
     num_samples: int  # training samples per epoch
     build: Callable[[], tuple[nn.Module, list[torch.optim.Optimizer]]]
-    batches: Callable[[int], Iterator]  # epoch -> this rank's batches
+    batches: Callable[[int, int], Iterator]  # (epoch, first batch) -> this rank's batches
     eval_sets: dict[str, tuple[Csr, list[Csr]]]  # split -> (targets, excluded items), CSRs over eval rows
     encoder: Callable[[nn.Module, str], Callable[[np.ndarray], torch.Tensor]]  # (model, split) -> encode(rows)
     num_interests: int = 1
@@ -106,15 +106,17 @@ def mrl4rec_workload(cfg: Config, env: parallel.DistEnv, data: InteractionData) 
         tables = Tables(data.num_users, data.num_items, cfg.model)
         return shard_task(MatryoshkaMF(tables, cfg.model, cfg.train, env), tables, cfg, env)
 
-    def batches(epoch: int) -> Iterator[Batch]:
-        rng = np.random.default_rng([cfg.train.seed, epoch, env.rank])  # candidates: per rank and epoch
+    def batches(epoch: int, start: int = 0) -> Iterator[Batch]:
+        cand_stream, shared_stream = counters.key(cfg.train.seed, epoch, 1), counters.key(cfg.train.seed, epoch, 2)
         n = len(data.train_users)
-        for idx, global_size in epoch_batches(n, cfg.train.batch_size, cfg.train.seed, epoch, env.rank, env.world_size):
+        for _, idx, global_size, first in epoch_batches(n, cfg.train.batch_size, cfg.train.seed, epoch, env.rank, env.world_size, start):
             users = data.train_users[idx]
             if softmax:
-                cands, shared = np.zeros((len(idx), 0, 0), np.int64), shared_negatives(rng, data.num_items, num_shared(len(idx)))
+                shared = shared_negatives(shared_stream, first, len(idx), data.num_items, num_shared(len(idx)))
+                cands = np.zeros((len(idx), 0, 0), np.int64)
             else:
-                cands, shared = sampler.draw(rng, users, shape), None
+                positions = np.arange(first, first + len(idx))
+                cands, shared = sampler.draw(cand_stream, positions, users, shape), None
             yield Batch(
                 users=torch.as_tensor(users), pos=torch.as_tensor(data.train_items[idx]), cands=torch.as_tensor(cands),
                 global_size=global_size, world_size=env.world_size, shared=None if shared is None else torch.as_tensor(shared),
@@ -175,7 +177,7 @@ def multi_interest_workload(cfg: Config, env: parallel.DistEnv) -> Workload:
         summary=f"{data.num_users} users ({len(data.train_users)} train / {len(data.valid_users)} valid / "
                 f"{len(data.test_users)} test), {data.num_items} items, {len(users)} training samples",
         num_users=0, num_items=data.num_items, num_samples=len(users),
-        build=build, batches=lambda epoch: sequence_batches(data, sampler, cfg, env, epoch),
+        build=build, batches=lambda epoch, start=0: sequence_batches(data, sampler, cfg, env, epoch, start),
         eval_sets=eval_sets, encoder=encoder, num_interests=cfg.model.num_interests, hitrate=True,
         item_raw=data.item_raw, diagnostics=diagnostics,
         data_hash=functools.cache(lambda: digest(data.seq_indptr, data.seq_items, data.train_users)),

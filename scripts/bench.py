@@ -40,7 +40,7 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from distrec import config, losses, samplers  # noqa: E402
+from distrec import config, counters, losses, samplers  # noqa: E402
 from distrec.data import load_dataset  # noqa: E402
 
 MODELS = {"mrl_m": [], "bpr_uniform": ["train.loss=bpr", "train.sampler=uniform"]}
@@ -104,12 +104,13 @@ def plain_pytorch(data, cfg: config.Config, model: str, steps: int = 30) -> floa
     shape = samplers.candidate_shape(sampler_kind, cfg.train.num_negs, len(levels), cfg.train.mns_pool)
     l2w = losses.level_l2_weights(levels, weights)
     rng = np.random.default_rng(0)
+    stream = counters.key(0)
     times = []
     for step in range(steps + 3):
         t = time.perf_counter()
         idx = rng.integers(0, len(data.train_users), cfg.train.batch_size)
         users_np = data.train_users[idx]
-        cands = torch.as_tensor(sampler.draw(rng, users_np, shape))
+        cands = torch.as_tensor(sampler.draw(stream, np.arange(step * len(idx), (step + 1) * len(idx)), users_np, shape))
         users, pos = torch.as_tensor(users_np), torch.as_tensor(data.train_items[idx])
         u = user(users)
         if sampler_kind == "uniform":

@@ -1,8 +1,10 @@
 """Training batches of (user, positive) pairs: one shuffled order per epoch, sliced per rank.
 
 Every rank computes the same permutation from (seed, epoch) and takes its contiguous slice of
-each global batch, so the global batch is the same whatever the world size. Vectorised: a
-batch is an index array into the training pairs. `DeviceBatch` gives the tasks' batch
+each global batch, so the global batch is the same whatever the world size. A slice knows its
+batch's index and its first sample's global position in the epoch: samplers key their draws
+by position (distrec.counters), and a resumed run starts at any batch. Vectorised: a batch is
+an index array into the training pairs. `DeviceBatch` gives the tasks' batch
 dataclasses their one `.to(device)`. Imports: numpy, torch.
 """
 
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -28,12 +31,24 @@ def num_batches(num_pairs: int, global_batch: int) -> int:
     return max(1, num_pairs // global_batch)
 
 
+class Slice(NamedTuple):
+    """This rank's part of one global batch."""
+
+    index: int  # the batch's index within the epoch
+    rows: np.ndarray  # indices into the training samples
+    global_size: int  # samples in the whole global batch
+    first: int  # global position in the epoch of rows[0]: rows[i] sits at first + i
+
+
 def epoch_batches(
-    num_pairs: int, global_batch: int, seed: int, epoch: int, rank: int, world_size: int
-) -> Iterator[tuple[np.ndarray, int]]:
-    """Yields (this rank's pair indices, global batch size) for every batch of the epoch."""
+    num_pairs: int, global_batch: int, seed: int, epoch: int, rank: int, world_size: int, start: int = 0
+) -> Iterator[Slice]:
+    """This rank's slice of every batch of the epoch, from batch `start` on."""
     order = np.random.default_rng([seed, epoch]).permutation(num_pairs)
     size = min(global_batch, num_pairs)
-    for b in range(num_batches(num_pairs, global_batch)):
+    for b in range(start, num_batches(num_pairs, global_batch)):
         batch = order[b * size : (b + 1) * size]
-        yield np.array_split(batch, world_size)[rank], len(batch)
+        # np.array_split's parts: the first len % world_size ranks take one sample more.
+        q, r = divmod(len(batch), world_size)
+        lo, n = rank * q + min(rank, r), q + (rank < r)
+        yield Slice(b, batch[lo : lo + n], len(batch), b * size + lo)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from distrec import checkpoint, config, evaluate, losses, parallel, samplers
+from distrec import checkpoint, config, counters, evaluate, losses, parallel, samplers
 from distrec.embeddings import TABLE_SHARDING_FIELDS, Tables, attach_fused_optimizer, dense_optimizers
 from distrec.model import Batch, MatryoshkaMF
 from tests.dist.launch import run_ranks
@@ -41,7 +41,7 @@ def make_problem(seed: int = 0):
     sampler = samplers.CandidateSampler(
         np.repeat(np.arange(NUM_USERS), np.diff(csr["train"][0])), csr["train"][1], NUM_ITEMS
     )
-    cands = sampler.draw(rng, users, (len(LEVELS), 4))
+    cands = sampler.draw(counters.key(0), np.arange(BATCH), users, (len(LEVELS), 4))
     return weights, csr, (users, pos, cands)
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from distrec import losses
+from distrec import counters, losses
 from distrec.samplers import shared_negatives
 
 LEVELS, WEIGHTS = (2, 4, 8), (0.2, 0.3, 0.5)
@@ -44,7 +44,7 @@ def test_whole_catalogue_is_the_exact_full_softmax():
     g = torch.Generator().manual_seed(1)
     u, items = torch.randn(6, 8, generator=g), torch.randn(20, 8, generator=g)
     pos_id = torch.tensor([0, 5, 5, 19, 7, 2])
-    ids = torch.as_tensor(shared_negatives(np.random.default_rng(0), 20, 10**6))
+    ids = torch.as_tensor(shared_negatives(counters.key(0), 0, 6, 20, 10**6))
     assert torch.equal(ids, torch.arange(20))  # asking for more than the catalogue gives every item once
     got = losses.matryoshka_softmax(u, items[pos_id], items[ids], LEVELS, WEIGHTS, ids[None, :] == pos_id[:, None])
     torch.testing.assert_close(got, losses.matryoshka_softmax(u, None, items, LEVELS, WEIGHTS, pos_index=pos_id), rtol=1e-5, atol=1e-5)
@@ -53,7 +53,7 @@ def test_whole_catalogue_is_the_exact_full_softmax():
 
 
 def test_shared_negatives_are_uniform_draws_below_the_catalogue_size():
-    ids = shared_negatives(np.random.default_rng(0), 50, 49)
+    ids = shared_negatives(counters.key(0), 0, 7, 50, 49)
     assert ids.shape == (49,) and ids.min() >= 0 and ids.max() < 50
     assert len(np.unique(ids)) < 49  # drawn with replacement, so (almost surely) with repeats
 

@@ -2,7 +2,13 @@ import numpy as np
 import pytest
 import torch
 
-from distrec import samplers
+from distrec import counters, samplers
+
+STREAM = counters.key(2022, 1, 1)
+
+
+def _draw(s, users, shape, stream=STREAM, first=0):
+    return s.draw(stream, np.arange(first, first + len(users)), users, shape)
 
 
 def test_candidates_never_hit_training_items():
@@ -12,7 +18,7 @@ def test_candidates_never_hit_training_items():
     s = samplers.CandidateSampler(users, items, num_items=20)
     train = {(int(u), int(i)) for u, i in zip(users, items)}
     batch_users = rng.integers(0, 50, size=300)
-    cands = s.draw(rng, batch_users, (3, 7))
+    cands = _draw(s, batch_users, (3, 7))
     assert cands.shape == (300, 3, 7)
     assert cands.min() >= 0 and cands.max() < 20
     for b, u in enumerate(batch_users):
@@ -21,7 +27,7 @@ def test_candidates_never_hit_training_items():
 
 def test_candidates_are_roughly_uniform_over_allowed_items():
     s = samplers.CandidateSampler(np.array([0, 0]), np.array([0, 1]), num_items=10)
-    c = s.draw(np.random.default_rng(1), np.zeros(20000, dtype=np.int64), (1,))
+    c = _draw(s, np.zeros(20000, dtype=np.int64), (1,))
     counts = np.bincount(c.ravel(), minlength=10)
     assert counts[:2].sum() == 0
     assert counts[2:].min() > 0.8 * 20000 / 8
@@ -32,12 +38,43 @@ def test_a_user_with_every_item_is_refused():
         samplers.CandidateSampler(np.array([0, 0, 0]), np.array([0, 1, 2]), num_items=3)
 
 
-def test_same_seed_same_draw():
+def test_same_key_same_draw_and_another_key_another():
     s = samplers.CandidateSampler(np.array([0]), np.array([0]), num_items=100)
-    a = s.draw(np.random.default_rng([1, 2, 0]), np.zeros(10, dtype=np.int64), (4,))
-    b = s.draw(np.random.default_rng([1, 2, 0]), np.zeros(10, dtype=np.int64), (4,))
-    c = s.draw(np.random.default_rng([1, 2, 1]), np.zeros(10, dtype=np.int64), (4,))
+    zeros = np.zeros(10, dtype=np.int64)
+    a, b = _draw(s, zeros, (4,)), _draw(s, zeros, (4,))
+    c = _draw(s, zeros, (4,), stream=counters.key(2022, 2, 1))
     assert (a == b).all() and (a != c).any()
+
+
+def test_a_samples_candidates_do_not_depend_on_how_the_batch_is_split():
+    # What makes training independent of the world size and of the batch a run resumes at:
+    # the sample at global position p gets the same candidates whichever slice it is in.
+    rng = np.random.default_rng(0)
+    users = np.repeat(np.arange(40), 6)
+    s = samplers.CandidateSampler(users, rng.integers(0, 30, size=len(users)), num_items=30)
+    batch = rng.integers(0, 40, size=101)
+    whole = _draw(s, batch, (2, 5), first=500)
+    parts = [_draw(s, batch[lo:hi], (2, 5), first=500 + lo) for lo, hi in ((0, 51), (51, 101))]
+    np.testing.assert_array_equal(np.concatenate(parts), whole)
+
+
+def test_counter_draws_are_uniform_and_independent_of_the_counter_order():
+    u = counters.random(counters.key(1), np.arange(200_000))
+    assert 0.0 <= u.min() and u.max() < 1.0
+    counts = np.histogram(u, bins=20, range=(0, 1))[0]
+    assert abs(counts - 10_000).max() < 5 * 100  # 5 standard deviations of a binomial count
+    assert abs(np.corrcoef(u[:-1], u[1:])[0, 1]) < 0.01  # consecutive counters are unrelated
+    perm = np.random.default_rng(0).permutation(1000)
+    np.testing.assert_array_equal(counters.random(counters.key(1), perm), u[perm])
+    ids = counters.integers(counters.key(2), np.arange(100_000), 7)
+    assert ids.min() == 0 and ids.max() == 6 and np.bincount(ids).min() > 13_500
+
+
+def test_shared_negatives_of_the_ranks_together_are_those_of_one_process():
+    stream = counters.key(2022, 3, 2)
+    whole = samplers.shared_negatives(stream, 64, 32, 1000, 320)  # 10 x the batch of 32
+    halves = [samplers.shared_negatives(stream, 64 + lo, 16, 1000, 160) for lo in (0, 16)]
+    np.testing.assert_array_equal(np.concatenate(halves), whole)
 
 
 @pytest.mark.parametrize("groups", [1, 3])
