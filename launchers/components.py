@@ -52,7 +52,7 @@ def train(
         rdzv_port: port of the c10d rendezvous store on the first host (multi-host jobs only;
             torchrun listens there, on $TORCHX_RANK0_HOST or Slurm's first host)
     """
-    # Resources follow the ranks: a fixed 2 CPUs / 8 GB starved 8-GPU hosts (issue #9).
+    # Resources follow the ranks: a fixed 2 CPUs / 8 GB would starve an 8-GPU host.
     per_rank_cpus, per_rank_mb = (8, 16384) if gpus else (2, 4096)
     return dist.ddp(
         "--config",

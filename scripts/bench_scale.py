@@ -6,7 +6,7 @@ second and full-ranking evaluation speed, on however many ranks torchrun gives i
 
 Evaluation scores `--eval-users` users (spread over ranks) against all items at every level,
 and reports users/s; a full evaluation of all users takes num_users / that rate. Prints one
-JSON line on rank 0.
+JSON line on rank 0. `--checkpoint DIR` also times writing and reading a resumable checkpoint.
 
     .venv/bin/torchrun --nproc_per_node 1 scripts/bench_scale.py --task multi_interest --steps 60 --eval-users 2048
 
@@ -29,7 +29,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from distrec import config, evaluate, parallel  # noqa: E402
+from distrec import checkpoint, config, evaluate, parallel  # noqa: E402
 from distrec.data import load_dataset, synthetic  # noqa: E402
 from distrec.workload import build_workload, mrl4rec_workload  # noqa: E402
 
@@ -44,6 +44,8 @@ def main() -> None:
     p.add_argument("--save", default=None, help="write the data and the trained tables here (a run layout "
                    "that scripts/bench_eval.py reads): train one epoch's steps first to benchmark evaluation "
                    "on a trained model")
+    p.add_argument("--checkpoint", default=None, help="also time checkpoint.save / load of the model (3 saves) in this "
+                   "directory: what a mid-epoch checkpoint stalls training for")
     p.add_argument("overrides", nargs="*")
     args = p.parse_args()
     if args.task == "multi_interest":
@@ -62,6 +64,8 @@ def main() -> None:
     step_s = time_steps(work, model, dense, env, args.steps)
     out.update(step_ms_median=1000 * step_s, pairs_per_s=cfg.train.batch_size / step_s,
                epoch_seconds_est=data.train_users.size / cfg.train.batch_size * step_s)
+    if args.checkpoint is not None:
+        out.update(time_checkpoint(Path(args.checkpoint), model, dense, env, cfg, step_s))
     # Evaluation speed on a fixed sample of users with test items.
     test = data.csr("test")
     every_user = evaluate.rows_with_targets(test)
@@ -89,6 +93,28 @@ def main() -> None:
     if env.is_main:
         print(json.dumps(out, default=lambda x: x.tolist() if hasattr(x, "tolist") else str(x)))
     parallel.shutdown()
+
+
+def time_checkpoint(where: Path, model, dense, env, cfg, step_s: float) -> dict:
+    """Median seconds of `checkpoint.save` (every rank's shards and optimizer state, then the
+    swap), one `checkpoint.load`, the bytes on disk, and the share of training time that one
+    checkpoint every `train.checkpoint_every_minutes` (10 when unset) would cost."""
+    times = []
+    for _ in range(3):
+        parallel.barrier(env)
+        t = time.perf_counter()
+        checkpoint.save(where / "last", model, dense, env, {"bench": True})
+        times.append(time.perf_counter() - t)
+    parallel.barrier(env)
+    t = time.perf_counter()
+    checkpoint.load(where / "last", model, dense)
+    load_s = time.perf_counter() - t
+    size = sum(f.stat().st_size for f in (where / "last").rglob("*") if f.is_file())
+    minutes = cfg.train.checkpoint_every_minutes or 10.0
+    save_s = float(np.median(times))
+    return {"checkpoint_save_seconds": save_s, "checkpoint_load_seconds": load_s, "checkpoint_mb": size / 2**20,
+            "checkpoint_every_minutes": minutes, "checkpoint_share_of_training": save_s / (60 * minutes + save_s),
+            "checkpoint_save_in_steps": save_s / step_s}
 
 
 def time_steps(work, model, dense, env, steps: int) -> float:

@@ -4,12 +4,14 @@
     .venv/bin/python scripts/chaos.py --trials 5 --signal TERM
 
 Each trial starts `torchrun --standalone --nproc_per_node 2 --max-restarts R -m distrec.train`
-on the `tiny` preset with a checkpoint every epoch (`train.resume` at its default, auto), waits
-until a random number of epochs is logged plus a random part of one more, sends the signal to
-one random worker, and waits for the job to end. A trial is `completed` (exit 0 and
-metrics.json), `failed` (another exit) or `hung` (still running after --timeout; then killed).
-`redone` is the epochs trained twice: logged before the kill, but after the checkpoint the
-restart resumed from. Prints one line per trial and a JSON summary.
+on the `tiny` preset (135 steps per epoch) with a checkpoint every epoch and every
+`--every-steps` steps (`train.resume` at its default, auto), waits until a random number of
+epochs is logged plus a random part of one more, sends the signal to one random worker, and
+waits for the job to end. A trial is `completed` (exit 0 and metrics.json), `failed` (another
+exit) or `hung` (still running after --timeout; then killed). `lost_steps_max` bounds the
+progress lost: the steps between the last checkpoint written before the kill and the kill,
+at most one interval when the restart resumed from that checkpoint (`resumed_ok`).
+Prints one line per trial and a JSON summary.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import argparse
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -54,7 +57,7 @@ def logged_epochs(run: Path) -> list[int]:
 def trial(rng: random.Random, args, run: Path) -> dict:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "--max-restarts", str(args.max_restarts), "-m", "distrec.train", *TINY,
-           f"train.epochs={args.epochs}", f"run_dir={run}"]
+           f"train.epochs={args.epochs}", f"train.checkpoint_every_steps={args.every_steps}", f"run_dir={run}"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     with open(run.with_suffix(".log"), "w") as log:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -68,6 +71,8 @@ def trial(rng: random.Random, args, run: Path) -> dict:
         victim = rng.choice(workers) if workers and proc.poll() is None else None
         if victim is not None:
             os.kill(victim, getattr(signal, f"SIG{args.signal}"))
+        log.flush()
+        saved_before = last_checkpoint(run.with_suffix(".log").read_text(), len(at_kill))
         try:
             code = proc.wait(timeout=args.timeout)
             outcome = "completed" if code == 0 and (run / "metrics.json").exists() else "failed"
@@ -77,12 +82,24 @@ def trial(rng: random.Random, args, run: Path) -> dict:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
             code, outcome = None, "hung"
-    resumed = [json.loads(line)["after_epoch"] for line in (run / "resumes.jsonl").read_text().splitlines()] \
+    resumes = [json.loads(line) for line in (run / "resumes.jsonl").read_text().splitlines()] \
         if (run / "resumes.jsonl").exists() else []
-    redone = max(at_kill, default=0) - resumed[-1] if resumed else None
+    resumed_at = resumes[-1]["after_epoch"] * STEPS + resumes[-1].get("batch", 0) if resumes else None
     return {"outcome": outcome, "exit": code, "killed": victim is not None, "epochs_before_kill": len(at_kill),
-            "resumed_after_epoch": resumed[-1] if resumed else None, "epochs_redone": redone,
+            "checkpoint_before_kill_step": saved_before, "resumed_at_step": resumed_at,
+            "resumed_ok": resumed_at is not None and resumed_at >= saved_before,
+            "lost_steps_max": args.every_steps if resumed_at is not None and resumed_at >= saved_before else None,
             "seconds": round(time.time() - t0, 1), "log": str(run.with_suffix(".log"))}
+
+
+STEPS = 135  # steps per epoch of TINY: 4,321 training pairs / batch 32
+
+
+def last_checkpoint(log: str, epochs_logged: int) -> int:
+    """The global step of the newest checkpoint the log shows: a mid-epoch "checkpoint: epoch E,
+    B/N batches" line, or the end of the last logged epoch (a checkpoint every epoch)."""
+    steps = [(int(e) - 1) * STEPS + int(b) for e, b in re.findall(r"checkpoint: epoch (\d+), (\d+)/\d+ batches", log)]
+    return max([epochs_logged * STEPS, *steps])
 
 
 def main() -> None:
@@ -90,6 +107,7 @@ def main() -> None:
     p.add_argument("--trials", type=int, default=20)
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--max-restarts", type=int, default=2)
+    p.add_argument("--every-steps", type=int, default=40, help="train.checkpoint_every_steps (135 steps per epoch)")
     p.add_argument("--signal", default="KILL", choices=("KILL", "TERM"))
     p.add_argument("--epoch-s", type=float, default=1.5, help="about one epoch's seconds (the kill lands inside one)")
     p.add_argument("--timeout", type=float, default=240.0)
@@ -105,9 +123,9 @@ def main() -> None:
         results.append(r)
         print(json.dumps({"trial": i, **r}), flush=True)
     counts = {k: sum(r["outcome"] == k for r in results) for k in ("completed", "failed", "hung")}
-    redone = [r["epochs_redone"] for r in results if r["epochs_redone"] is not None]
-    print(json.dumps({"trials": len(results), **counts, "max_epochs_redone": max(redone, default=None),
-                      "signal": args.signal, "max_restarts": args.max_restarts, "dir": str(base)}))
+    print(json.dumps({"trials": len(results), **counts, "resumed_from_the_last_checkpoint": sum(r["resumed_ok"] for r in results),
+                      "every_steps": args.every_steps, "signal": args.signal, "max_restarts": args.max_restarts,
+                      "dir": str(base)}))
 
 
 if __name__ == "__main__":
