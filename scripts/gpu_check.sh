@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU checks, in one go, for a lent GPU machine with little time on it (docs/gpu.md):
+# The GPU checks, in one go, for a GPU machine available for a short time (docs/gpu.md):
 #   1. versions of the GPU, torch, fbgemm-gpu and torchrec;
 #   2. the same short run on the CPU and on the GPU (synthetic `small` preset, same seed), test
 #      metrics side by side: the fused GPU kernels must train the same model as the CPU ones;

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# REMI settings on Amazon Video Games, side by side on one lent GPU (docs/gpu.md): every
+# REMI settings on Amazon Video Games, side by side on one GPU (docs/gpu.md): every
 # variant of configs/remi_video.yaml below, and the SASRec peer, as one process each, all at
 # once, each under the same time limit. On 2 CPU cores each of these runs takes 15-45 minutes;
-# on one GPU the whole grid fits one call. Selection reads validation only (metrics.jsonl);
+# on one GPU the whole grid runs in one go. Selection reads validation only (metrics.jsonl);
 # test is printed for runs that stopped by themselves, for the record, never to choose.
 #
 #   bash scripts/gpu_video_grid.sh OUT_DIR VIDEO_TXT [SECONDS]
