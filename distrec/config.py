@@ -25,7 +25,11 @@ OPTIMIZERS = ("row_wise_adagrad", "adagrad", "sgd", "adam")
 LOSSES = ("bpr", "mrl", "softmax")
 SAMPLERS = ("uniform", "dns", "mns")
 RESUME_MODES = ("auto", "never", "must")  # train.resume (train.prepare_resume)
-DATA_FORMATS = ("synthetic", "user_lines", "log")
+# "synthetic" and the formats of ingest.READERS (listed here: config.py must not import pyarrow;
+# tests/unit/test_formats.py checks that the two agree).
+DATA_FORMATS = ("synthetic", "user_lines", "log", "parquet", "recbole")
+NAMED_COLUMN_FORMATS = ("parquet", "recbole")  # formats whose columns data.columns names
+TIME_FORMATS = ("log", "parquet", "recbole")  # formats that model.task=multi_interest can read
 SYNTHETIC_PRESETS = ("tiny", "small", "books")
 
 
@@ -55,8 +59,10 @@ class SequenceConfig:
     """How a time-ordered log becomes behaviour sequences (task=multi_interest, REMI / ComiRec)."""
 
     # True: file order is time order within each user (Video.txt); False: stable sort on the
-    # timestamp column (the 4th field, as ml-100k u.data), ties keep file order.
-    time_ordered: bool = True
+    # timestamp column (a log's 4th field, as ml-100k u.data; parquet / recbole: the column
+    # data.columns.timestamp), ties keep file order. None (default): sort by the timestamp
+    # column where a parquet / recbole input has one, file order otherwise (and for a log).
+    time_ordered: bool | None = None
     k_core: int = 0  # 0 = off; else drop items with < k interactions, then users with < k
     k_core_passes: int = 1  # passes of that filter; the REMI reference does one; 0 = until stable
     max_len: int = 20  # history length n
@@ -79,12 +85,51 @@ class SequenceConfig:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
+class ColumnsConfig:
+    """Column names of a parquet / recbole input; None takes the format's default.
+
+    Defaults: parquet user, item, timestamp, rating; recbole user_id, item_id, timestamp, rating
+    (the name before `:type` in an .inter header). timestamp and rating are optional columns:
+    read only when needed (ordering sequences, data.min_rating) and present, unless named here.
+    """
+
+    user: str | None = None
+    item: str | None = None
+    timestamp: str | None = None
+    rating: str | None = None
+
+    def __post_init__(self) -> None:
+        names = {}
+        for role in ("user", "item", "timestamp", "rating"):
+            value = getattr(self, role)
+            if value is None:
+                continue
+            if not value.strip():
+                raise ConfigError(f"data.columns.{role} must be a column name, got {value!r}")
+            if value in names:
+                raise ConfigError(f"data.columns.{role} and data.columns.{names[value]} both name column {value!r}")
+            names[value] = role
+
+    @property
+    def is_set(self) -> bool:
+        return any(getattr(self, f.name) is not None for f in dataclasses.fields(self))
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class DataConfig:
     """Where interactions come from and how they are split."""
 
-    format: str = "synthetic"
-    train: str | None = None  # user_lines: train file; log: the interaction log
-    test: str | None = None  # user_lines: test file
+    format: str = "synthetic"  # synthetic, user_lines, log, parquet, recbole (README "Data")
+    # user_lines: train file; log: the interaction log; parquet: a file or a directory of
+    # *.parquet files, read as one data set; recbole: an .inter file or a directory of them.
+    train: str | None = None
+    # user_lines: the test file (required); log / parquet / recbole: optional test file in the
+    # same format (then no random split; data.test_fraction is not used).
+    test: str | None = None
+    columns: ColumnsConfig = dataclasses.field(default_factory=ColumnsConfig)  # parquet / recbole
+    # Keep interactions with rating >= min_rating (log: the 3rd column; parquet / recbole: the
+    # rating column); None: the rating is neither read nor used.
+    min_rating: float | None = None
     delimiter: str | None = None  # log: one of tab, comma, pipe, space; None = detect
     header: bool | None = None  # log: None = detect (a first line that is not numeric)
     test_fraction: float = 0.2  # log: per-user random split
@@ -102,8 +147,13 @@ class DataConfig:
         _check_choice("data.cold_test_users", self.cold_test_users, ("error", "drop"))
         if self.format == "user_lines" and (self.train is None or self.test is None):
             raise ConfigError("data.format=user_lines needs data.train and data.test")
-        if self.format == "log" and self.train is None:
-            raise ConfigError("data.format=log needs data.train (the log file)")
+        if self.format in ("log", *NAMED_COLUMN_FORMATS) and self.train is None:
+            raise ConfigError(f"data.format={self.format} needs data.train (the {self.format} input)")
+        if self.columns.is_set and self.format not in NAMED_COLUMN_FORMATS:
+            raise ConfigError(f"data.columns names the columns of parquet and recbole inputs; data.format={self.format} "
+                              f"has none (a log's columns go by position: user, item, rating, timestamp)")
+        if self.min_rating is not None and self.format not in ("log", *NAMED_COLUMN_FORMATS):
+            raise ConfigError(f"data.min_rating filters on a rating column; data.format={self.format} has none")
         names = {"tab": "\t", "comma": ",", "pipe": "|", "space": " "}
         if self.delimiter in names:  # spelled out, since a bare tab is awkward on a command line
             object.__setattr__(self, "delimiter", names[self.delimiter])
@@ -296,8 +346,12 @@ class Config:
         multi = self.model.task == "multi_interest"
         if multi and self.train.loss != "softmax":
             raise ConfigError(f"model.task=multi_interest trains with train.loss=softmax, got {self.train.loss}")
-        if multi and self.data.format != "log":
-            raise ConfigError(f"model.task=multi_interest reads a time-ordered log: data.format must be log, got {self.data.format}")
+        if multi and self.data.format not in TIME_FORMATS:
+            raise ConfigError(f"model.task=multi_interest reads time-ordered interactions: data.format must be "
+                              f"{', '.join(TIME_FORMATS)}, got {self.data.format}")
+        if multi and self.data.test is not None:
+            raise ConfigError("model.task=multi_interest splits users by data.sequence.split and reads no "
+                              "data.test; unset data.test")
 
 
 def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:

@@ -53,13 +53,17 @@ def write_json(path: Path, obj: dict[str, Any]) -> None:
 
 def export_embeddings(run_dir: Path, users, items, user_raw, item_raw, model=None) -> None:
     """Full-dimension tables (`users` may be None: no user table), their raw ids, and any dense
-    tower (the router) as a torch state dict. The first d columns are the model at level d."""
+    tower (the router) as a torch state dict. The first d columns are the model at level d.
+
+    Raw ids are int64, or unicode strings (saved as `<U..`, which np.load reads without pickle)."""
     out = run_dir / "embeddings"
     out.mkdir(parents=True, exist_ok=True)
     arrays = {"user_embeddings": users, "item_embeddings": items, "user_ids": user_raw, "item_ids": item_raw}
     for name, arr in arrays.items():
         if arr is not None:
             arr = arr.cpu().numpy() if hasattr(arr, "cpu") else arr
+            if arr.dtype == object:  # string ids: an object array would need allow_pickle to load
+                arr = arr.astype(str)
             _atomic_write(out / f"{name}.npy", lambda p, a=arr: _save_npy(p, a))
     router = getattr(model, "router", None)
     if router is not None:

@@ -30,7 +30,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from distrec import evaluate, parallel  # noqa: E402
-from distrec.data import read_parquet  # noqa: E402
+from distrec.data import read_cache  # noqa: E402
 
 LEVELS = (4, 8, 16, 32, 64)
 
@@ -73,7 +73,7 @@ def main() -> None:
     p.add_argument("--reference-users", type=int, default=2048, help="users for the top-k reference (slow; 0: skip)")
     args = p.parse_args()
     run = Path(args.run)
-    data = read_parquet(run / "data")
+    data = read_cache(run / "data")
     users_emb = torch.from_numpy(np.load(run / "embeddings" / "user_embeddings.npy")).float()
     items = torch.from_numpy(np.load(run / "embeddings" / "item_embeddings.npy")).float()
     targets, exclude = data.csr("test"), [data.csr("train"), data.csr("valid")]

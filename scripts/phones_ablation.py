@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from distrec import evaluate
-from distrec.data import read_parquet
+from distrec.data import read_cache
 from distrec.parallel import ONE_PROCESS
 from distrec.runner import launch
 
@@ -45,7 +45,7 @@ def run_variant(name: str, args) -> dict:
 
 def recall_by_dim(run_dir: Path) -> dict[int, float]:
     """Test Recall@20 of the exported (best-epoch) embeddings truncated to each prefix size."""
-    data = read_parquet(run_dir / "data")
+    data = read_cache(run_dir / "data")
     users = torch.from_numpy(np.load(run_dir / "embeddings" / "user_embeddings.npy"))
     items = torch.from_numpy(np.load(run_dir / "embeddings" / "item_embeddings.npy"))
     metrics = evaluate.evaluate(lambda rows: users[torch.as_tensor(rows)], lambda ids: items[ids], data.num_items, ONE_PROCESS,

@@ -21,7 +21,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from distrec import evaluate  # noqa: E402
-from distrec.data import read_parquet  # noqa: E402
+from distrec.data import read_cache  # noqa: E402
 from distrec.parallel import ONE_PROCESS  # noqa: E402
 
 
@@ -39,7 +39,7 @@ def main() -> None:
     p.add_argument("--ks", type=int, nargs="+", default=[20, 50])
     args = p.parse_args()
     start = time.perf_counter()
-    data = read_parquet(Path(args.run) / "data")
+    data = read_cache(Path(args.run) / "data")
     seen = ["train"] if args.split == "valid" else ["train", "valid"]
     counts = sum(np.bincount(data.csr(s)[1], minlength=data.num_items) for s in seen).astype(np.float64)
     items = popularity_scores(counts)

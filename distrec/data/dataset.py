@@ -1,10 +1,16 @@
-"""InteractionData (train / valid / test over contiguous ids), load_dataset, the splits and the Parquet dataset.
+"""InteractionData (train / valid / test over contiguous ids), load_dataset, the splits and the dataset cache.
 
-load_dataset parses (ingest.py) or generates (synthetic.py) raw pairs, maps raw ids to contiguous
-ids, drops duplicates, splits per user (train/test for logs and synthetic data; validation out of
-train for every format) and optionally writes the Parquet dataset. Every pair dropped on the way
-is counted in `report`, and the counts add up: pairs_read - sum(filtered) = sum(splits). All steps
-work on sorted int64 keys `user * num_items + item`, with no per-pair Python loop.
+load_dataset reads (ingest.READERS, by data.format) or generates (synthetic.py) raw pairs, maps
+raw ids to contiguous ids, drops duplicates, splits per user (train/test as given when data.test
+names a file, else a per-user random split; validation out of train for every format) and
+optionally writes the dataset cache (write_cache / read_cache: the split as Parquet in
+<run_dir>/data, not to be confused with ingest.read_parquet, an input format). Every pair
+dropped on the way is counted in `report`, and the counts add up: pairs_read - sum(filtered) =
+sum(splits). All steps work on sorted int64 keys `user * num_items + item`, with no per-pair
+Python loop.
+
+Raw ids are int64, or strings where the input column holds strings (`user_raw` / `item_raw` are
+then numpy unicode arrays, sorted, stored as string columns in users.parquet / items.parquet).
 Imports: numpy, pyarrow, config, ingest, synthetic.
 """
 
@@ -41,7 +47,7 @@ class InteractionData:
     valid_items: np.ndarray  # [N_valid]
     test_users: np.ndarray  # [N_test]
     test_items: np.ndarray  # [N_test]
-    user_raw: np.ndarray  # [num_users] raw id of each contiguous user id (ascending)
+    user_raw: np.ndarray  # [num_users] raw id (int64, or str) of each contiguous user id (ascending)
     item_raw: np.ndarray  # [num_items]
     report: dict  # JSON-ready counts: lines read, pairs filtered and why, split sizes, source
 
@@ -51,7 +57,8 @@ class InteractionData:
             if field.name.startswith("num_"):  # counts stay Python ints (a 0-d array breaks json.dump)
                 object.__setattr__(self, field.name, int(value))
             elif isinstance(value, np.ndarray) or field.name.endswith(("_users", "_items", "_raw")):
-                array = np.array(value, dtype=np.int64, copy=True)  # our own copy, so freezing it hurts no caller
+                # Our own copy, so freezing it hurts no caller; raw ids may be strings.
+                array = raw_ids(value) if field.name.endswith("_raw") else np.array(value, dtype=np.int64, copy=True)
                 array.flags.writeable = False
                 object.__setattr__(self, field.name, array)
         for split in SPLITS:
@@ -92,64 +99,90 @@ class InteractionData:
         )
 
 
+def raw_ids(value) -> np.ndarray:
+    """A fresh array of raw ids: str (unicode, never object: np.load needs no pickle) or int64."""
+    array = np.asarray(value)
+    if array.dtype.kind in "OUS":
+        return np.array(array, dtype=str, copy=True)
+    return np.array(array, dtype=np.int64, copy=True)
+
+
 def load_dataset(
     cfg: DataConfig, out_dir: str | Path | None = None, *, drop_cold_test_users: bool = False
 ) -> InteractionData:
     """Read or generate the interactions that `cfg` names, split them, and write them to `out_dir` if given.
 
-    drop_cold_test_users (user_lines only): drop, with a count in the report, test users that have
-    no training items instead of raising DataError (amazon-phones has 4 such users).
+    drop_cold_test_users (a given test file only): drop, with a count in the report, test users
+    that have no training items instead of raising DataError (amazon-phones has 4 such users).
     """
-    if cfg.format == "user_lines":
-        data = _from_user_lines(cfg, drop_cold_test_users)
-    elif cfg.format == "log":
-        data = _from_log(cfg)
-    else:
+    if cfg.format == "synthetic":
         data = _from_synthetic(cfg)
+    elif cfg.test is not None:
+        data = _from_train_test(cfg, drop_cold_test_users)
+    else:
+        data = _from_one_file(cfg)
     if out_dir is not None:
-        write_parquet(data, out_dir)
+        write_cache(data, out_dir)
     return data
 
 
-def _from_user_lines(cfg: DataConfig, drop_cold_test_users: bool) -> InteractionData:
-    train = ingest.read_user_lines(cfg.train, "data.train")
-    test = ingest.read_user_lines(cfg.test, "data.test")
+def _from_train_test(cfg: DataConfig, drop_cold_test_users: bool) -> InteractionData:
+    """data.train and data.test as given (user_lines always; other formats when data.test is set)."""
+    train, train_low = ingest.filter_rating(ingest.read(cfg, "data.train"), cfg, str(cfg.train))
+    test, test_low = ingest.filter_rating(ingest.read(cfg, "data.test"), cfg, str(cfg.test))
+    train, test = ingest.share_names(train, test)
     cold = ~_isin_sorted(test.users, unique(train.users))
     num_cold_users = int(unique(test.users[cold]).size)
     if cold.any() and not drop_cold_test_users:
         at = int(np.argmax(cold))
+        where = f"at {cfg.test}:{test.lines[at]}" if test.lines is not None else f"in {cfg.test}"
         raise DataError(
-            f"user {test.users[at]} at {cfg.test}:{test.lines[at]} has no training items "
+            f"user {test.raw_users(at)} {where} has no training items "
             f"({num_cold_users} test users, {int(cold.sum())} test pairs like this): no model can rank for a user "
-            f"it never trained on. Remove those test lines, or load with drop_cold_test_users=True to drop them "
-            f"with a count in the report"
+            f"it never trained on. Remove those test lines, or set data.cold_test_users=drop (load with "
+            f"drop_cold_test_users=True) to drop them with a count in the report"
         )
     test_users, test_items = test.users[~cold], test.items[~cold]
-    (train_u, test_u), user_raw = _contiguous([train.users, test_users])
-    (train_i, test_i), item_raw = _contiguous([train.items, test_items])
+    (train_u, test_u), user_raw = _contiguous([train.users, test_users], train.user_names)
+    (train_i, test_i), item_raw = _contiguous([train.items, test_items], train.item_names)
     num_items = item_raw.size
     train_keys, train_dups = _dedup(train_u * num_items + train_i)
     test_keys, test_dups = _dedup(test_u * num_items + test_i)
     in_train = _isin_sorted(test_keys, train_keys)
+    filtered = {
+        "duplicate_train": train_dups,
+        "duplicate_test": test_dups,
+        "test_in_train": int(in_train.sum()),  # masked at evaluation, so they could never be hit
+        "cold_test": int(cold.sum()),
+    }
+    if cfg.min_rating is not None:
+        filtered.update(rating_below_min_train=train_low, rating_below_min_test=test_low)
     report = {
-        "source": {"format": "user_lines", "train": str(cfg.train), "test": str(cfg.test)},
+        "source": {"format": cfg.format, "train": str(cfg.train), "test": str(cfg.test)},
         "lines": {"train": train.stats, "test": test.stats},
-        "pairs_read": int(train.users.size + test.users.size),
-        "filtered": {
-            "duplicate_train": train_dups,
-            "duplicate_test": test_dups,
-            "test_in_train": int(in_train.sum()),  # masked at evaluation, so they could never be hit
-            "cold_test": int(cold.sum()),
-        },
+        "pairs_read": int(train.users.size + test.users.size + train_low + test_low),
+        "filtered": filtered,
         "cold_test_users": num_cold_users,
     }
+    _note_rating(report, cfg)
     return _finish(cfg, report, train_keys, test_keys[~in_train], user_raw, item_raw)
 
 
-def _from_log(cfg: DataConfig) -> InteractionData:
-    log = ingest.read_log(cfg.train, "data.train", cfg.delimiter, cfg.header)
-    source = {"format": "log", "file": str(cfg.train)}
-    return _from_pairs(cfg, source, {"log": log.stats}, log.users, log.items)
+def _from_one_file(cfg: DataConfig) -> InteractionData:
+    """One pool of pairs (a log, a Parquet data set, .inter files), split per user into train and test."""
+    pairs, low = ingest.filter_rating(ingest.read(cfg, "data.train"), cfg, str(cfg.train))
+    if cfg.format == "log":  # the report keys of a log, as before the other formats came
+        source, lines = {"format": "log", "file": str(cfg.train)}, {"log": pairs.stats}
+    else:
+        source, lines = {"format": cfg.format, "file": str(cfg.train)}, {"train": pairs.stats}
+    data = _from_pairs(cfg, source, lines, pairs.users, pairs.items, pairs.user_names, pairs.item_names,
+                       {"rating_below_min": low} if cfg.min_rating is not None else {})
+    _note_rating(data.report, cfg)
+    return data
+
+
+def _note_rating(report: dict, cfg: DataConfig) -> None:
+    report["min_rating"] = cfg.min_rating  # None: ratings were neither read nor used
 
 
 def _from_synthetic(cfg: DataConfig) -> InteractionData:
@@ -159,17 +192,21 @@ def _from_synthetic(cfg: DataConfig) -> InteractionData:
     return _from_pairs(cfg, source, {}, users, items)
 
 
-def _from_pairs(cfg: DataConfig, source: dict, lines: dict, users: np.ndarray, items: np.ndarray) -> InteractionData:
-    """Log and synthetic data: one pool of pairs, split per user into train and test."""
-    (users,), user_raw = _contiguous([users])
-    (items,), item_raw = _contiguous([items])
+def _from_pairs(
+    cfg: DataConfig, source: dict, lines: dict, users: np.ndarray, items: np.ndarray,
+    user_names: np.ndarray | None = None, item_names: np.ndarray | None = None, filtered: dict | None = None,
+) -> InteractionData:
+    """One pool of pairs, split per user into train and test; `filtered` counts pairs dropped before."""
+    (users,), user_raw = _contiguous([users], user_names)
+    (items,), item_raw = _contiguous([items], item_names)
     keys, dups = _dedup(users * item_raw.size + items)
     is_test = _holdout(keys, item_raw.size, user_raw.size, cfg.test_fraction, np.random.default_rng([cfg.seed, 1]))
+    filtered = dict(filtered or {})
     report = {
         "source": source,
         "lines": lines,
-        "pairs_read": int(users.size),
-        "filtered": {"duplicate": dups},
+        "pairs_read": int(users.size) + sum(filtered.values()),
+        "filtered": {"duplicate": dups, **filtered},
         "test_fraction": cfg.test_fraction,
     }
     return _finish(cfg, report, keys[~is_test], keys[is_test], user_raw, item_raw)
@@ -216,17 +253,23 @@ def unique(x: np.ndarray) -> np.ndarray:
     return y[np.concatenate([[True], y[1:] != y[:-1]])] if y.size else y
 
 
-def _contiguous(raw: list[np.ndarray]) -> tuple[list[np.ndarray], np.ndarray]:
-    """Map raw ids to 0..K-1 by their sorted unique values over all arrays: (mapped arrays, raw int64 [K])."""
+def _contiguous(raw: list[np.ndarray], names: np.ndarray | None = None) -> tuple[list[np.ndarray], np.ndarray]:
+    """Map raw ids to 0..K-1 by their sorted unique values over all arrays: (mapped arrays, raw ids [K]).
+
+    With `names` (sorted string ids), `raw` holds indices into it, so index order is string order,
+    and the raw ids returned are the names used.
+    """
     values = np.concatenate(raw)
     low, high = int(values.min()), int(values.max())
     if high - low <= 4 * values.size + 1024:  # dense ids, the usual case: a lookup table, no sort
         present = np.zeros(high - low + 1, bool)
         present[values - low] = True
         new_id = np.cumsum(present) - 1
-        return [new_id[r - low] for r in raw], np.flatnonzero(present) + low
-    ids = unique(values)
-    return [np.searchsorted(ids, r) for r in raw], ids
+        mapped, ids = [new_id[r - low] for r in raw], np.flatnonzero(present) + low
+    else:
+        ids = unique(values)
+        mapped = [np.searchsorted(ids, r) for r in raw]
+    return mapped, ids if names is None else names[ids]
 
 
 def _dedup(keys: np.ndarray) -> tuple[np.ndarray, int]:
@@ -263,7 +306,7 @@ def _holdout(
     return rank < take[users]
 
 
-def write_parquet(data: InteractionData, out_dir: str | Path) -> Path:
+def write_cache(data: InteractionData, out_dir: str | Path) -> Path:
     """Write the dataset to `out_dir` (see DATASET_FILES); files are renamed into place only once all are written."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -293,8 +336,8 @@ def write_parquet(data: InteractionData, out_dir: str | Path) -> Path:
     return out
 
 
-def read_parquet(path: str | Path) -> InteractionData:
-    """Read a dataset written by load_dataset / write_parquet."""
+def read_cache(path: str | Path) -> InteractionData:
+    """Read a dataset written by load_dataset / write_cache."""
     path = Path(path)
     if not (path / "report.json").is_file():
         raise DataError(f"{path}: no report.json, so not a complete distrec dataset (missing, or its write was "
@@ -303,8 +346,9 @@ def read_parquet(path: str | Path) -> InteractionData:
     table = pq.read_table(path / "interactions.parquet")
     users, items = table.column("user").to_numpy(), table.column("item").to_numpy()
     code = table.column("split").to_numpy()
-    user_raw = pq.read_table(path / "users.parquet").column("raw").to_numpy()
-    item_raw = pq.read_table(path / "items.parquet").column("raw").to_numpy()
+    # String raw ids come back as an object array; InteractionData makes them unicode again.
+    user_raw = pq.read_table(path / "users.parquet").column("raw").to_numpy(zero_copy_only=False)
+    item_raw = pq.read_table(path / "items.parquet").column("raw").to_numpy(zero_copy_only=False)
     if users.size and (users.max() >= user_raw.size or items.max() >= item_raw.size or code.max() > 2):
         raise DataError(f"{path / 'interactions.parquet'}: ids or split codes out of range; rebuild the dataset")
     arrays = {}

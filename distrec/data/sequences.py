@@ -1,9 +1,12 @@
 """Per-user behaviour sequences for multi-interest retrieval (REMI / ComiRec protocol, METHODS.md §3, §5).
 
-load_sequences reads a delimited log (ingest.read_log), orders each user's interactions in time
-(file order, or a stable sort on the timestamp column), optionally applies a k-core filter, drops
-users too short to give a (history, target) pair, maps ids to contiguous ones and splits USERS
-8:1:1 with a fixed seed. The sequences are one CSR array pair (seq_indptr, seq_items).
+load_sequences reads `data.train` with the reader of data.format (a log, a Parquet data set or
+RecBole .inter files: ingest.READERS), orders each user's interactions in time (file order, or
+a stable sort on the timestamp column: see data.sequence.time_ordered), optionally filters by
+data.min_rating and applies a k-core filter, drops users too short to give a (history, target)
+pair, maps ids to contiguous ones and splits USERS 8:1:1 with a fixed seed. The sequences are
+one CSR array pair (seq_indptr, seq_items). Raw ids are int64, or str where the input has string
+ids (`user_raw` / `item_raw` then hold unicode strings).
 
 - Training: every position p >= min_train_position of a training user's sequence is a sample
   (history = the items before p, target = the item at p): `SequenceData.train_samples`.
@@ -12,7 +15,7 @@ users too short to give a (history, target) pair, maps ids to contiguous ones an
 - `history_windows` builds padded [B, max_len] id / mask matrices for any (user, end) batch.
 
 Every interaction dropped on the way is counted in `report`. Everything is vectorised: no per-user
-or per-sample Python loop. Imports: numpy, pyarrow, config, ingest, dataset.
+or per-sample Python loop. Imports: numpy, config, ingest, dataset.
 """
 
 from __future__ import annotations
@@ -21,12 +24,10 @@ import dataclasses
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.csv as pacsv
 
 from distrec.config import ConfigError, DataConfig
 from distrec.data import ingest
-from distrec.data.dataset import unique
+from distrec.data.dataset import raw_ids, unique
 from distrec.data.ingest import DataError
 
 CONFIG_KEY = "data.sequence"  # prefix of the sequence keys in messages
@@ -46,7 +47,7 @@ class SequenceData:
     train_users: np.ndarray  # [U_train] ascending; the three splits are disjoint and cover all users
     valid_users: np.ndarray  # [U_valid]
     test_users: np.ndarray  # [U_test]
-    user_raw: np.ndarray  # [num_users] raw id of each contiguous user id (ascending)
+    user_raw: np.ndarray  # [num_users] raw id (int64, or str) of each contiguous user id (ascending)
     item_raw: np.ndarray  # [num_items]
     report: dict  # JSON-ready counts: lines read, filters, split sizes, samples
     min_train_position: int = 1
@@ -56,7 +57,8 @@ class SequenceData:
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
             if isinstance(value, np.ndarray):
-                array = np.array(value, dtype=np.int64, copy=True)  # our own copy, so freezing it hurts no caller
+                # Our own copy, so freezing it hurts no caller; raw ids may be strings.
+                array = raw_ids(value) if field.name.endswith("_raw") else np.array(value, dtype=np.int64, copy=True)
                 array.flags.writeable = False
                 object.__setattr__(self, field.name, array)
         if self.seq_indptr.shape != (self.num_users + 1,) or self.seq_indptr[0] != 0 \
@@ -163,25 +165,32 @@ def history_windows(
 
 
 def load_sequences(data_cfg: DataConfig) -> SequenceData:
-    """Read the log `data.train` and build time-ordered sequences and the user split."""
+    """Read `data.train` and build time-ordered sequences and the user split."""
     key, cfg, path = CONFIG_KEY, data_cfg.sequence, data_cfg.train
     if path is None:
-        raise ConfigError(f"data.train must name the log file (format={data_cfg.format})")
-    log = ingest.read_log(path, "data.train", data_cfg.delimiter, data_cfg.header)
+        raise ConfigError(f"data.train must name the interactions (format={data_cfg.format})")
+    if data_cfg.format not in ingest.READERS or data_cfg.format == "user_lines":
+        raise ConfigError(f"data.format={data_cfg.format} has no time order; sequences read a log, parquet or recbole")
+    sort_by_time = cfg.time_ordered is False or (cfg.time_ordered is None and data_cfg.format != "log")
+    log, low = ingest.filter_rating(ingest.read(data_cfg, "data.train", timestamps=sort_by_time), data_cfg, str(path))
+    if cfg.time_ordered is False and log.timestamps is None:
+        _no_timestamps(path, log, data_cfg, f"{key}.time_ordered")
+    times = log.timestamps if sort_by_time else None  # None also where time_ordered=None found no timestamp column
     users, items = log.users, log.items
-    times = None if cfg.time_ordered else _read_timestamps(path, log, f"{key}.time_ordered")
 
-    user_ids, user_raw = _contiguous(users)
-    item_ids, item_raw = _contiguous(items)
+    user_ids, user_raw = _contiguous(users, log.user_names)
+    item_ids, item_raw = _contiguous(items, log.item_names)
     report = {
-        "source": {"format": data_cfg.format, "path": str(path), "time_ordered": cfg.time_ordered},
+        "source": {"format": data_cfg.format, "path": str(path), "time_ordered": times is None},
         "lines": log.stats,
-        "interactions_read": int(users.size),
+        "interactions_read": int(users.size + low),
         "users_read": int(user_raw.size),
         "items_read": int(item_raw.size),
         # Kept: a sequence may return to an item. Counted, since MF-style data would drop them.
         "repeat_interactions": int(users.size - unique(user_ids * item_raw.size + item_ids).size),
     }
+    if data_cfg.min_rating is not None:
+        report["rating_below_min"] = low
     keep = np.ones(users.size, bool)
     if cfg.k_core:
         keep, report["k_core"] = _k_core(user_ids, item_ids, user_raw.size, item_raw.size, cfg.k_core,
@@ -205,8 +214,8 @@ def load_sequences(data_cfg: DataConfig) -> SequenceData:
                         + (f" after {key}.k_core={cfg.k_core}" if cfg.k_core else ""))
 
     users, items = users[keep], items[keep]
-    user_ids, user_raw = _contiguous(users)
-    item_ids, item_raw = _contiguous(items)
+    user_ids, user_raw = _contiguous(users, log.user_names)
+    item_ids, item_raw = _contiguous(items, log.item_names)
     if times is None:
         order = np.argsort(user_ids, kind="stable")  # within a user: file order
     else:
@@ -268,15 +277,17 @@ def ranges(count: np.ndarray) -> np.ndarray:
     return np.arange(total, dtype=np.int64) - np.repeat(starts, count)
 
 
-def _contiguous(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(ids int64 [P] in 0..K-1 by ascending raw id, raw ids int64 [K])."""
+def _contiguous(raw: np.ndarray, names: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(ids int64 [P] in 0..K-1 by ascending raw id, raw ids [K]); with `names`, raw holds indices into them."""
     low, high = int(raw.min()), int(raw.max())
     if high - low <= 4 * raw.size + 1024:  # dense ids, the usual case: a lookup table, no sort
         present = np.zeros(high - low + 1, bool)
         present[raw - low] = True
-        return np.cumsum(present)[raw - low] - 1, np.flatnonzero(present) + low
-    values = unique(raw)
-    return np.searchsorted(values, raw), values
+        ids, values = np.cumsum(present)[raw - low] - 1, np.flatnonzero(present) + low
+    else:
+        values = unique(raw)
+        ids = np.searchsorted(values, raw)
+    return ids, values if names is None else names[values]
 
 
 def _k_core(
@@ -309,36 +320,15 @@ def _k_core(
     return keep, report
 
 
-def _read_timestamps(path: str | Path, log: ingest.Pairs, key: str) -> np.ndarray:
-    """int64 [P]: the timestamp column of a log that ingest.read_log has already parsed and checked.
-
-    read_log keeps users and items only, so the column is parsed once more here (pyarrow, fast).
-    """
-    columns = log.stats["columns"]
-    if "timestamp" not in columns:
+def _no_timestamps(path: str | Path, log: ingest.Pairs, data_cfg: DataConfig, key: str) -> None:
+    """Raise: time_ordered=false sorts by a timestamp column that the input lacks."""
+    if data_cfg.format == "log":
+        columns = log.stats["columns"]
         raise DataError(
             f"{path}: {key}=false sorts by timestamp, but the log has {len(columns)} columns "
             f"({', '.join(columns)}), no timestamp (the 4th: user, item, rating, timestamp); set {key}=true "
             f"if file order is time order"
         )
-    data = Path(path).read_bytes()
-    offset = 0
-    if log.stats["header"]:  # the header is the first non-blank line, as in read_log
-        while offset < len(data):
-            end = data.find(b"\n", offset)
-            end = len(data) if end < 0 else end + 1
-            blank = not data[offset:end].strip()
-            offset = end
-            if not blank:
-                break
-    delimiter = {name: d for d, name in ingest.DELIMITER_NAMES.items()}[log.stats["delimiter"]]
-    table = pacsv.read_csv(
-        pa.BufferReader(pa.py_buffer(data).slice(offset)),
-        read_options=pacsv.ReadOptions(column_names=list(columns)),
-        parse_options=pacsv.ParseOptions(delimiter=delimiter, quote_char=False),
-        convert_options=pacsv.ConvertOptions(include_columns=["timestamp"], column_types={"timestamp": pa.int64()}),
-    )
-    times = table.column("timestamp").to_numpy().astype(np.int64)
-    if times.size != log.users.size:  # pragma: no cover - read_log parsed the same rows
-        raise DataError(f"{path}: {times.size} timestamps for {log.users.size} interactions")
-    return times
+    name = ingest.column_names(data_cfg, data_cfg.format)["timestamp"]
+    raise DataError(f"{path}: {key}=false sorts by timestamp, but the input has no column {name!r} "
+                    f"(data.columns.timestamp); name it, or set {key}=true if file order is time order")

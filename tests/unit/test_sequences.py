@@ -231,8 +231,8 @@ def test_time_ordered_false_needs_a_timestamp_column(tmp_path):
 
 
 def test_malformed_input_names_file_and_line(tmp_path):
-    path = write(tmp_path, "bad.txt", "1 2\n1 3\n2 x\n")
-    with pytest.raises(DataError, match=r"bad\.txt:3: item 'x'"):
+    path = write(tmp_path, "bad.txt", "1 2\n1 3\n2 1.5\n")  # `2 x` would be a string id (test_formats.py)
+    with pytest.raises(DataError, match=r"bad\.txt:3: item '1\.5' is not an integer"):
         load_sequences(SequenceConfig(path=path))
     with pytest.raises(DataError, match=r"no such file \(set by data\.train\)"):
         load_sequences(SequenceConfig(path=str(tmp_path / "missing.txt")))

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from distrec.config import DataConfig, SyntheticConfig
-from distrec.data import DataError, InteractionData, load_dataset, read_parquet
+from distrec.data import DataError, InteractionData, load_dataset, read_cache
 from distrec.data import dataset
 
 
@@ -138,7 +138,7 @@ def test_parquet_round_trip(tmp_path, small):
     cfg = DataConfig(synthetic=SyntheticConfig(preset="tiny"))
     data = load_dataset(cfg, out_dir=tmp_path / "ds")
     assert sorted(p.name for p in (tmp_path / "ds").iterdir()) == sorted(dataset.DATASET_FILES)
-    back = read_parquet(tmp_path / "ds")
+    back = read_cache(tmp_path / "ds")
     assert back == data and back.report == data.report
     assert back != small
     import pyarrow.parquet as pq
@@ -150,7 +150,7 @@ def test_parquet_round_trip(tmp_path, small):
 def test_parquet_round_trip_keeps_raw_ids(tmp_path):
     (tmp_path / "log.csv").write_text("user,item\n1000000007,5\n3,99999999999\n3,5\n1000000007,4\n")
     data = load_dataset(DataConfig(format="log", train=str(tmp_path / "log.csv")), out_dir=tmp_path / "ds")
-    back = read_parquet(tmp_path / "ds")
+    back = read_cache(tmp_path / "ds")
     assert back == data and back.user_raw.tolist() == [3, 1000000007]
 
 
@@ -170,19 +170,19 @@ def test_a_crash_while_writing_keeps_the_previous_dataset(tmp_path, monkeypatch)
     with pytest.raises(OSError, match="disk full"):
         load_dataset(DataConfig(synthetic=SyntheticConfig(preset="tiny", seed=99)), out_dir=out)
     assert sorted(p.name for p in out.iterdir()) == sorted(dataset.DATASET_FILES), "temp files must be cleaned up"
-    assert read_parquet(out) == first
+    assert read_cache(out) == first
     monkeypatch.undo()
     second = load_dataset(DataConfig(synthetic=SyntheticConfig(preset="tiny", seed=99)), out_dir=out)
-    assert read_parquet(out) == second != first
+    assert read_cache(out) == second != first
 
 
 def test_read_parquet_refuses_an_incomplete_dataset(tmp_path):
     with pytest.raises(DataError, match="no report.json"):
-        read_parquet(tmp_path / "missing")
+        read_cache(tmp_path / "missing")
     load_dataset(DataConfig(synthetic=SyntheticConfig(preset="tiny")), out_dir=tmp_path / "ds")
     (tmp_path / "ds" / "report.json").unlink()
     with pytest.raises(DataError, match="ds: no report.json"):
-        read_parquet(tmp_path / "ds")
+        read_cache(tmp_path / "ds")
 
 
 def test_merge_valid_into_train_keeps_every_pair_once():
