@@ -89,8 +89,9 @@ class ColumnsConfig:
     """Column names of a parquet / recbole input; None takes the format's default.
 
     Defaults: parquet user, item, timestamp, rating; recbole user_id, item_id, timestamp, rating
-    (the name before `:type` in an .inter header). timestamp and rating are optional columns:
-    read only when needed (ordering sequences, data.min_rating) and present, unless named here.
+    (the name before `:type` in an .inter header). Columns are read only when needed: the
+    timestamp to order sequences (where present, or an error when named here), the rating for
+    data.min_rating.
     """
 
     user: str | None = None

@@ -274,11 +274,7 @@ def read_log(path: str | Path, key: str, delimiter: str | None = None, header: b
     first, first_end, first_no = _first_line(data, 0, 1)
     if first is None:
         raise DataError(f"{path}:1: the file is empty; {LOG_FORMAT}")
-    # A header names its columns: a first line whose fields are all non-numeric. A line mixing
-    # numbers and text is a malformed data line, reported as such rather than skipped as a header.
-    has_header = header if header is not None else not any(
-        _NUMBER.fullmatch(f) for f in re.split(r"[\t,| ]+", first.strip()) if f
-    )
+    has_header = header if header is not None else _looks_like_header(data, first, first_end, first_no)
     body_offset, body_no = (first_end, first_no + 1) if has_header else (0, 1)
     sample, _, sample_no = _first_line(data, body_offset, body_no)
     if sample is None:
@@ -444,6 +440,23 @@ def encode_ids(
     return codes.astype(np.int64), names.to_numpy(zero_copy_only=False).astype(str)
 
 
+def _looks_like_header(data: bytes, first: str, first_end: int, first_no: int) -> bool:
+    """Whether the first line of a log names its columns (data.header=None).
+
+    A line with a number in it is data (ids, ratings, timestamps). A line of text only is a
+    header when the next line has a number (integer ids, a rating), or, where that line is all
+    text too (string ids), when it has no digit at all: `user_id,item_id` is a header,
+    `U0001,B00XYZ` is data. Ids of letters only on every line need data.header set.
+    """
+    def numbers(line: str) -> bool:
+        return any(_NUMBER.fullmatch(f) for f in re.split(r"[\t,| ]+", line.strip()) if f)
+
+    if numbers(first):
+        return False
+    second, _, _ = _first_line(data, first_end, first_no + 1)
+    return second is None or numbers(second) or not any(c.isdigit() for c in first)
+
+
 def _first_line(data: bytes, offset: int, line_no: int) -> tuple[str | None, int, int]:
     """(text, end offset past its newline, 1-based number) of the first non-blank line at or after `offset`."""
     while offset < len(data):
@@ -533,7 +546,8 @@ def _wanted(cfg: "DataConfig", timestamps: bool) -> list[str]:
 def _pick_columns(where: str, present: list[str], names: dict[str, str], wanted: list[str], cfg, optional: set[str]) -> list[str]:
     """The wanted roles whose column is in `present`; a missing id column, or one named in data.columns, is an error.
 
-    optional: roles that may be absent (then not read), unless data.columns.<role> names them.
+    optional: roles that may be absent (then not read), unless data.columns.<role> names them; the
+    rating is wanted only for data.min_rating, so it must be there.
     """
     found = []
     for role in wanted:
@@ -548,8 +562,9 @@ def _pick_columns(where: str, present: list[str], names: dict[str, str], wanted:
 def read_parquet(path: str | Path, key: str, cfg: "DataConfig", timestamps: bool = False) -> Pairs:
     """Read the columns named by data.columns from a Parquet file or a directory of them, as one data set.
 
-    Only the needed columns are read. The optional columns (timestamp, rating) are read where the
-    first file has them, and must then be in every file. Rows keep file order, files name order.
+    Only the needed columns are read: the ids, the timestamp when the caller orders by time (where
+    the first file has one; then every file must), the rating for data.min_rating. Rows keep file
+    order, files name order.
     """
     files = input_files(path, key, ".parquet")
     names = column_names(cfg, "parquet")
@@ -561,7 +576,7 @@ def read_parquet(path: str | Path, key: str, cfg: "DataConfig", timestamps: bool
         except (pa.ArrowInvalid, OSError) as err:
             raise DataError(f"{file}: not a Parquet file ({err}) (set by {key})") from None
         present = meta.schema_arrow.names
-        roles = _pick_columns(str(file), present, names, wanted, cfg, {"timestamp", "rating"} if read is None else set())
+        roles = _pick_columns(str(file), present, names, wanted, cfg, {"timestamp"} if read is None else set())
         read = roles if read is None else read
         wanted = read  # every later file must have what the first one gave
         rows.append(meta.metadata.num_rows)
@@ -607,7 +622,7 @@ def read_inter(path: str | Path, key: str, cfg: "DataConfig", timestamps: bool =
                 raise DataError(f"{file}:{header_no}: column {name!r} appears twice in the header")
             typed[name] = field
         roles = _pick_columns(f"{file}:{header_no}", list(typed), names, wanted, cfg,
-                              {"timestamp", "rating"} if read is None else set())
+                              {"timestamp"} if read is None else set())
         read = roles if read is None else read
         wanted = read
         types = {typed[names[r]]: pa.string() if r in ("user", "item") else pa.float64() for r in read}
