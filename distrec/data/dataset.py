@@ -19,7 +19,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -108,12 +110,17 @@ def raw_ids(value) -> np.ndarray:
 
 
 def load_dataset(
-    cfg: DataConfig, out_dir: str | Path | None = None, *, drop_cold_test_users: bool = False
+    cfg: DataConfig, out_dir: str | Path | None = None, *, drop_cold_test_users: bool = False,
+    warn: Callable[[str], None] | None = None,
 ) -> InteractionData:
     """Read or generate the interactions that `cfg` names, split them, and write them to `out_dir` if given.
 
     drop_cold_test_users (a given test file only): drop, with a count in the report, test users
     that have no training items instead of raising DataError (amazon-phones has 4 such users).
+    Data that cannot give meaningful metrics (no test pair, no validation pair though
+    data.valid_fraction > 0, ...) is a DataError; what only weakens them is listed in
+    report["warnings"] and passed to `warn` one line each (default: printed to stderr by the
+    caller that writes `out_dir`, the one rank that writes report.json).
     """
     if cfg.format == "synthetic":
         data = _from_synthetic(cfg)
@@ -121,15 +128,25 @@ def load_dataset(
         data = _from_train_test(cfg, drop_cold_test_users)
     else:
         data = _from_one_file(cfg)
+    if warn is None and out_dir is not None:
+        warn = _print_warning
+    for line in data.report["warnings"] if warn is not None else ():
+        warn(line)
     if out_dir is not None:
         write_cache(data, out_dir)
     return data
+
+
+def _print_warning(line: str) -> None:
+    print(f"warning: {line}", file=sys.stderr, flush=True)
 
 
 def _from_train_test(cfg: DataConfig, drop_cold_test_users: bool) -> InteractionData:
     """data.train and data.test as given (user_lines always; other formats when data.test is set)."""
     train, train_low = ingest.filter_rating(ingest.read(cfg, "data.train"), cfg, str(cfg.train))
     test, test_low = ingest.filter_rating(ingest.read(cfg, "data.test"), cfg, str(cfg.test))
+    _require_pairs(train, train_low, cfg, "data.train")
+    _require_pairs(test, test_low, cfg, "data.test")
     train, test = ingest.share_names(train, test)
     cold = ~_isin_sorted(test.users, unique(train.users))
     num_cold_users = int(unique(test.users[cold]).size)
@@ -139,8 +156,8 @@ def _from_train_test(cfg: DataConfig, drop_cold_test_users: bool) -> Interaction
         raise DataError(
             f"user {test.raw_users(at)} {where} has no training items "
             f"({num_cold_users} test users, {int(cold.sum())} test pairs like this): no model can rank for a user "
-            f"it never trained on. Remove those test lines, or set data.cold_test_users=drop (load with "
-            f"drop_cold_test_users=True) to drop them with a count in the report"
+            f"it never trained on. Remove those test lines, or set data.cold_test_users=drop to drop them "
+            f"with a count in the data report"
         )
     test_users, test_items = test.users[~cold], test.items[~cold]
     (train_u, test_u), user_raw = _contiguous([train.users, test_users], train.user_names)
@@ -165,12 +182,31 @@ def _from_train_test(cfg: DataConfig, drop_cold_test_users: bool) -> Interaction
         "cold_test_users": num_cold_users,
     }
     _note_rating(report, cfg)
+    if in_train.size and in_train.all():  # the test file repeats training pairs only: nothing is left to rank
+        raise DataError(
+            f"{cfg.test}: every one of its {in_train.size} test pairs is also a pair of {cfg.train} (data.test "
+            f"names the training file?); test pairs are masked where they are training pairs, so no test pair "
+            f"is left. data.test must name held-out interactions, not in data.train"
+        )
     return _finish(cfg, report, train_keys, test_keys[~in_train], user_raw, item_raw)
+
+
+def _require_pairs(pairs: ingest.Pairs, dropped: int, cfg: DataConfig, key: str) -> None:
+    """DataError when `pairs` is empty: a file with a header and no rows, or data.min_rating above every rating."""
+    if pairs.users.size:
+        return
+    path = getattr(cfg, key.rpartition(".")[2])
+    if dropped:
+        raise DataError(f"{path}: data.min_rating={cfg.min_rating} drops all {dropped} interactions of {key} "
+                        f"(no rating is that high); lower data.min_rating or unset it")
+    raise DataError(f"{path}: no interactions in {key} (a header and no rows?); it needs at least one "
+                    f"user-item pair")
 
 
 def _from_one_file(cfg: DataConfig) -> InteractionData:
     """One pool of pairs (a log, a Parquet data set, .inter files), split per user into train and test."""
     pairs, low = ingest.filter_rating(ingest.read(cfg, "data.train"), cfg, str(cfg.train))
+    _require_pairs(pairs, low, cfg, "data.train")
     if cfg.format == "log":  # the report keys of a log, as before the other formats came
         source, lines = {"format": "log", "file": str(cfg.train)}, {"log": pairs.stats}
     else:
@@ -234,6 +270,7 @@ def _finish(
         valid_fraction=cfg.valid_fraction,
         seed=cfg.seed,
     )
+    report["warnings"] = _check_splits(cfg, report, split_keys, num_users, num_items)
     arrays = {}
     for name, keys in split_keys.items():
         arrays[f"{name}_users"], arrays[f"{name}_items"] = np.divmod(keys, num_items)
@@ -245,6 +282,83 @@ def _finish(
         report=report,
         **arrays,
     )
+
+
+MIN_TEST_USERS = 100  # fewer: recall@K moves by several points with one user; warned about
+LARGE_SHARE = 0.1  # a filter or an untestable group at least this large is warned about
+UNTESTABLE_SHARE = 0.01  # test pairs on untrained items: every real data set has a few (ml-100k 0.2%)
+
+
+def _source_key(cfg: DataConfig) -> str:
+    """The config key that names the input, for messages."""
+    return "data.synthetic" if cfg.format == "synthetic" else f"{cfg.train} (data.train)"
+
+
+def _check_splits(cfg: DataConfig, report: dict, split_keys: dict[str, np.ndarray], num_users: int,
+                  num_items: int) -> list[str]:
+    """Raise DataError where the splits cannot give meaningful metrics; return warnings (one line each) for
+    what only weakens them. Keys are sorted unique `user * num_items + item` per split."""
+    train, valid, test = split_keys["train"], split_keys["valid"], split_keys["test"]
+    per_user = np.bincount(np.concatenate([train, valid, test]) // max(num_items, 1), minlength=num_users)
+    if num_items < 2:
+        raise DataError(f"{_source_key(cfg)}: {num_items} item in all, so every ranking is trivial and every metric "
+                        f"is 1; the data needs two or more items")
+    if test.size == 0:  # a given test file that is empty after masking raised in _from_train_test
+        if cfg.test is None and cfg.test_fraction == 0:
+            raise DataError("data.test_fraction=0 holds out no test pair, so there is nothing to test; set "
+                            "data.test_fraction in (0, 1), e.g. 0.2, or name a test file in data.test")
+        if cfg.test is None and per_user.max() < 2:
+            raise DataError(
+                f"{_source_key(cfg)}: every one of the {num_users} users has a single interaction, and a user's "
+                f"last pair always stays in train, so no test pair is left; a per-user split needs users with 2 or "
+                f"more interactions (or a test file in data.test)")
+        if cfg.test is not None:
+            filtered = report["filtered"]
+            raise DataError(f"{cfg.test}: no test pair is left ({filtered['cold_test']} pairs of users with no "
+                            f"training items dropped by data.cold_test_users=drop, {filtered['test_in_train']} also "
+                            f"in data.train masked); data.test must hold held-out pairs of users in data.train")
+        raise DataError(f"{_source_key(cfg)}: the split left no test pair ({int(train.size + valid.size)} training "
+                        f"pairs); raise data.test_fraction={cfg.test_fraction}, or name a test file in data.test")
+    if valid.size == 0 and cfg.valid_fraction > 0:
+        raise DataError(
+            f"{_source_key(cfg)}: data.valid_fraction={cfg.valid_fraction} left no validation pair "
+            f"({int(train.size)} training pairs, {int(np.count_nonzero(np.bincount(train // num_items) > 1))} users "
+            f"with 2 or more; a user's last training pair is never held out); set data.valid_fraction=0 to train "
+            f"without validation (no early stopping), or give users more training pairs")
+    trained = np.bincount(train % num_items, minlength=num_items) > 0
+    test_trained = trained[test % num_items]
+
+    warnings = []
+    test_users = int(unique(test // num_items).size)
+    if test_users < MIN_TEST_USERS:
+        warnings.append(f"only {test_users} test users (under {MIN_TEST_USERS}): one user moves recall@K by "
+                        f"{100 / test_users:.1f} points, so compare runs with care")
+    untestable = int(np.count_nonzero(~test_trained))
+    if untestable == test.size:  # an error would be as fair, but unit tests of parsing use such tiny data
+        warnings.append(f"no test pair has an item seen in training ({untestable} test pairs): a model can only rank "
+                        f"them at random, so the test metrics say nothing about it")
+    elif untestable >= UNTESTABLE_SHARE * test.size:
+        warnings.append(f"{untestable} of {test.size} test pairs ({untestable / test.size:.1%}) are on items with no "
+                        f"training pair: no model learns those items, so these pairs are almost never hit")
+    filtered = report.get("filtered", {})
+    read = max(int(report.get("pairs_read", 0)), 1)
+    in_train = int(filtered.get("test_in_train", 0))
+    if in_train:
+        warnings.append(f"{in_train} test pairs of {cfg.test} are also training pairs: masked at evaluation, they "
+                        f"were dropped from test (test_in_train in the report)")
+    if filtered.get("cold_test", 0):
+        warnings.append(f"{filtered['cold_test']} test pairs of {report.get('cold_test_users', 0)} test users with no "
+                        f"training items were dropped (data.cold_test_users=drop)")
+    duplicates = sum(v for k, v in filtered.items() if k.startswith("duplicate"))
+    if duplicates >= LARGE_SHARE * read:
+        warnings.append(f"{duplicates} of {read} pairs read ({duplicates / read:.1%}) repeat a pair and were dropped: "
+                        f"each (user, item) is kept once")
+    if cfg.test is None:
+        single = int(np.count_nonzero(per_user == 1))
+        if single >= LARGE_SHARE * num_users:
+            warnings.append(f"{single} of {num_users} users ({single / num_users:.1%}) have a single interaction: "
+                            f"they are trained on but never tested")
+    return warnings
 
 
 def unique(x: np.ndarray) -> np.ndarray:

@@ -44,7 +44,14 @@ if TYPE_CHECKING:
 
 
 class DataError(ValueError):
-    """Input data is wrong; the message names the file and 1-based line (or the config key) at fault."""
+    """Input data is wrong; the message names the file and 1-based line (or the config key) at fault.
+
+    The message is one line (a run prints it as its one line on stderr): line breaks that come
+    with a library's message are turned into spaces.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(" ".join(str(message).split()) if "\n" in str(message) or "\r" in str(message) else message)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,7 +119,30 @@ def read_file(path: str | Path, key: str) -> bytes:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file (set by {key})")
-    return path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise DataError(f"{path}: cannot be read ({err.strerror}) (set by {key})") from None
+    return _bare_cr_to_lf(data)
+
+
+def _bare_cr_to_lf(data: bytes) -> bytes:
+    """`data` with each `\r` not followed by `\n` (classic Mac line ends) turned into `\n`.
+
+    Without this a CR-only file reads as one line: one user holding every item. CRLF line ends
+    are kept (every reader strips the `\r`), so line numbers stay those an editor shows.
+    """
+    if b"\r" not in data:
+        return data
+    buf = np.frombuffer(data, np.uint8)
+    cr = np.flatnonzero(buf == ord("\r"))
+    following = buf[np.minimum(cr + 1, buf.size - 1)]
+    bare = cr[(cr + 1 == buf.size) | (following != ord("\n"))]
+    if not bare.size:
+        return data
+    out = buf.copy()
+    out[bare] = ord("\n")
+    return out.tobytes()
 
 
 def read_user_lines(path: str | Path, key: str) -> Pairs:

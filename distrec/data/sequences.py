@@ -21,6 +21,7 @@ or per-sample Python loop. Imports: numpy, config, ingest, dataset.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -164,8 +165,13 @@ def history_windows(
     return ids, mask
 
 
-def load_sequences(data_cfg: DataConfig) -> SequenceData:
-    """Read `data.train` and build time-ordered sequences and the user split."""
+def load_sequences(data_cfg: DataConfig, *, warn: Callable[[str], None] | None = None) -> SequenceData:
+    """Read `data.train` and build time-ordered sequences and the user split.
+
+    Data that cannot give meaningful metrics (no test user, no validation user though
+    data.sequence.split gives them a share, one item) is a DataError; what only weakens them is
+    listed in report["warnings"] and passed to `warn`, one line each.
+    """
     key, cfg, path = CONFIG_KEY, data_cfg.sequence, data_cfg.train
     if path is None:
         raise ConfigError(f"data.train must name the interactions (format={data_cfg.format})")
@@ -231,6 +237,17 @@ def load_sequences(data_cfg: DataConfig) -> SequenceData:
     parts = np.split(permutation, bounds)
     if parts[0].size == 0:
         raise DataError(f"{path}: {key}.split={list(cfg.split)} leaves no training user among {num_users}")
+    if num_items < 2:
+        raise DataError(f"{path}: {num_items} item in all, so every ranking is trivial and every metric is 1; the "
+                        f"data needs two or more items")
+    for name, part, share in zip(EVAL_SPLITS, parts[1:], cfg.split[1:]):
+        if part.size == 0 and (name == "test" or share > 0):
+            why = (f"{key}.split gives test users no share" if share == 0 else
+                   f"{share:g} of {num_users} users rounds to none")
+            raise DataError(f"{path}: {key}.split={list(cfg.split)} leaves no {name} user ({why}), so there is "
+                            f"nothing to {'test' if name == 'test' else 'validate'} on; "
+                            + ("give test users a share" if share == 0 else "raise that share or use more users")
+                            + ("" if name == "test" else f" (a valid share of 0 trains without validation)"))
     data = SequenceData(
         num_users=num_users,
         num_items=num_items,
@@ -267,7 +284,42 @@ def load_sequences(data_cfg: DataConfig) -> SequenceData:
         report["samples"][f"{split}_targets"] = int(target_indptr[-1])
         raw_ends = np.floor(cfg.history_fraction * lengths[split_users])
         report["eval_history_clamped"][split] = int(np.count_nonzero(raw_ends < 1))
+    report["warnings"] = _warnings(data, report)
+    for line in report["warnings"] if warn is not None else ():
+        warn(line)
     return data
+
+
+MIN_TEST_USERS = 100  # fewer: one user moves hit rate / recall@K by more than a point
+LARGE_SHARE = 0.1  # a dropped or untestable group at least this large is warned about
+
+
+def _warnings(data: SequenceData, report: dict) -> list[str]:
+    """One line for each thing that weakens the metrics without making them meaningless."""
+    warnings = []
+    num_test = int(data.test_users.size)
+    if num_test < MIN_TEST_USERS:
+        warnings.append(f"only {num_test} test users (under {MIN_TEST_USERS}): one user moves the hit rate by "
+                        f"{100 / num_test:.1f} points, so compare runs with care")
+    short = report["short_users"]
+    if short["users"] >= LARGE_SHARE * max(report["users_read"], 1):
+        warnings.append(f"{short['users']} of {report['users_read']} users have fewer than {short['min_length']} "
+                        f"interactions and were dropped: no (history, target) pair")
+    without = report["train_users_without_samples"]
+    if without >= LARGE_SHARE * max(data.train_users.size, 1):
+        warnings.append(f"{without} of {data.train_users.size} training users have no position >= "
+                        f"data.sequence.min_train_position={data.min_train_position}: in no training sample")
+    users, ends, (indptr, targets) = data.eval_split("test")
+    # A target that repeats an item of the user's history is masked at evaluation (eval.mask_history).
+    history = data.segments(users, np.zeros_like(ends), ends)[1]
+    row_of_history = np.repeat(np.arange(users.size), ends)
+    row_of_target = np.repeat(np.arange(users.size), np.diff(indptr))
+    seen = np.isin(row_of_target * data.num_items + targets, row_of_history * data.num_items + history)
+    repeated = int(np.count_nonzero(seen))
+    if targets.size and repeated >= LARGE_SHARE * targets.size:
+        warnings.append(f"{repeated} of {targets.size} test targets ({repeated / targets.size:.1%}) repeat an item of "
+                        f"the user's history: with eval.mask_history=true (the default) they can never be hit")
+    return warnings
 
 
 def ranges(count: np.ndarray) -> np.ndarray:

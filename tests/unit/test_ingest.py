@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from distrec.config import DataConfig
-from distrec.data import DataError, load_dataset
+from distrec.data import DataError, ingest, load_dataset
 
 
 def write(tmp_path: Path, name: str, text: str | bytes) -> str:
@@ -86,7 +86,7 @@ def test_user_lines_small_by_hand(tmp_path):
 
 
 def test_user_lines_zero_based_contiguous_maps_to_itself(tmp_path):
-    data = load_dataset(user_lines_cfg(tmp_path, "0 0 1\n1 2\n2 1 3\n", "0 3\n2 0\n"))
+    data = load_dataset(user_lines_cfg(tmp_path, "0 0 1\n1 2\n2 1 3\n", "0 3\n2 0\n", valid_fraction=0.0))
     assert data.user_raw.tolist() == [0, 1, 2] and data.item_raw.tolist() == [0, 1, 2, 3]
     assert pairs_of(data, "test") == {(0, 3), (2, 0)}
 
@@ -168,17 +168,17 @@ def test_log_formats_match_brute_force(tmp_path, delim_name, num_cols, header, d
 
 def test_log_crlf_blank_lines_and_header_detection(tmp_path):
     text = "user,item,rating\r\n\r\n1,5,4.5\r\n2,5,3\r\n\r\n2,6,1\r\n"
-    cfg = DataConfig(format="log", train=write(tmp_path, "a.csv", text), test_fraction=0.0, valid_fraction=0.0)
+    cfg = DataConfig(format="log", train=write(tmp_path, "a.csv", text), test_fraction=0.5, valid_fraction=0.0)
     data = load_dataset(cfg)
-    assert pairs_of(data, "train") == {(1, 5), (2, 5), (2, 6)}
+    assert pairs_of(data, "train") | pairs_of(data, "test") == {(1, 5), (2, 5), (2, 6)}
     assert data.report["lines"]["log"] == {
         "read": 6, "header": 1, "blank": 2, "delimiter": "comma", "columns": ["user", "item", "rating"]
     }
 
 
 def test_log_explicit_header_skips_a_numeric_first_line(tmp_path):
-    cfg = DataConfig(format="log", train=write(tmp_path, "a.tsv", "7\t7\n1\t2\n"), header=True, test_fraction=0.0)
-    assert pairs_of(load_dataset(cfg), "train") | pairs_of(load_dataset(cfg), "valid") == {(1, 2)}
+    pairs = ingest.read(DataConfig(format="log", train=write(tmp_path, "a.tsv", "7\t7\n1\t2\n"), header=True))
+    assert (pairs.users.tolist(), pairs.items.tolist(), pairs.stats["header"]) == ([1], [2], 1)
 
 
 # ---------------------------------------------------------------- bad input
@@ -213,7 +213,8 @@ def test_bad_user_lines_name_file_and_line(tmp_path, train, test, culprit, line,
 def test_cold_test_user_message_is_actionable(tmp_path):
     with pytest.raises(DataError, match=r"user 17 at .*test\.txt:2 has no training items"):
         load_dataset(user_lines_cfg(tmp_path, "1 2\n", "1 3\n17 4\n"))
-    data = load_dataset(user_lines_cfg(tmp_path, "1 2\n", "1 3\n17 4 5\n"), drop_cold_test_users=True)
+    data = load_dataset(user_lines_cfg(tmp_path, "1 2\n", "1 3\n17 4 5\n", valid_fraction=0.0),
+                        drop_cold_test_users=True)
     assert data.user_raw.tolist() == [1] and data.report["filtered"]["cold_test"] == 2
     assert data.report["cold_test_users"] == 1
     check_conventions(data)

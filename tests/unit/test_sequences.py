@@ -125,10 +125,9 @@ def test_hand_made_train_samples(tmp_path):
         assert targets.tolist() == [seqs[u][p] for u, p in expected]
         without = sum(len(seqs[u]) <= min_position for u in data.train_users.tolist())
         assert data.report["train_users_without_samples"] == without
-    # With all users in training, the samples are exactly every (user, position >= 1).
-    data = load_sequences(SequenceConfig(path=path, split=(1.0, 0.0, 0.0)))
-    users, positions = data.train_samples()
-    assert len(users) == 19 - 6 and data.valid_users.size == 0 and data.test_users.size == 0
+    # All users in training would leave nothing to test: refused, naming the key.
+    with pytest.raises(DataError, match=r"log\.txt: data\.sequence\.split=\[1\.0, 0\.0, 0\.0\] leaves no test user"):
+        load_sequences(SequenceConfig(path=path, split=(1.0, 0.0, 0.0)))
 
 
 def test_hand_made_eval_split(tmp_path, hand):
@@ -256,13 +255,13 @@ K_CORE_LOG = """\
 
 def test_k_core_one_pass_differs_from_until_stable(tmp_path):
     path = write(tmp_path, "kcore.txt", K_CORE_LOG)
-    one = load_sequences(SequenceConfig(path=path, k_core=2, split=(1.0, 0.0, 0.0)))
+    one = load_sequences(SequenceConfig(path=path, k_core=2, split=(0.5, 0.0, 0.5)))
     assert sequences_of(one) == {1: [1, 2], 2: [1, 3], 4: [3, 1]}
     assert one.report["k_core"] == {
         "k": 2, "passes": 1, "passes_run": 1, "stable": False,
         "removed": [{"users": 1, "items": 1, "interactions": 2}],
     }
-    stable = load_sequences(SequenceConfig(path=path, k_core=2, k_core_passes=0, split=(1.0, 0.0, 0.0)))
+    stable = load_sequences(SequenceConfig(path=path, k_core=2, k_core_passes=0, split=(0.5, 0.0, 0.5)))
     assert sequences_of(stable) == {2: [1, 3], 4: [3, 1]}
     assert stable.report["k_core"] == {
         "k": 2, "passes": 0, "passes_run": 3, "stable": True,
@@ -270,7 +269,7 @@ def test_k_core_one_pass_differs_from_until_stable(tmp_path):
                     {"users": 0, "items": 0, "interactions": 0}],
     }
     assert stable.item_raw.tolist() == [1, 3] and stable.report["num_interactions"] == 4
-    two = load_sequences(SequenceConfig(path=path, k_core=2, k_core_passes=2, split=(1.0, 0.0, 0.0)))
+    two = load_sequences(SequenceConfig(path=path, k_core=2, k_core_passes=2, split=(0.5, 0.0, 0.5)))
     assert sequences_of(two) == sequences_of(stable) and two.report["k_core"]["stable"]
     assert two.report["k_core"]["passes_run"] == 2
     with pytest.raises(DataError, match=r"kcore\.txt: no interactions left after data\.sequence\.k_core=3"):

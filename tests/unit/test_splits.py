@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -56,9 +57,11 @@ def test_stochastic_rounding_keeps_the_share_exact_for_small_users(tmp_path):
     # Every user has 3 pairs: floor or round of 0.1 * 3 would hold out nothing at all.
     users = np.repeat(np.arange(5000), 3)
     items = np.tile(np.arange(3), 5000) + users % 7
-    cfg = DataConfig(format="log", train=write_log(tmp_path, users, items), test_fraction=0.0, valid_fraction=0.1)
+    cfg = DataConfig(format="log", train=write_log(tmp_path, users, items), test_fraction=0.1, valid_fraction=0.1)
     data = load_dataset(cfg)
-    share = data.report["splits"]["valid"] / users.size
+    share = data.report["splits"]["test"] / users.size
+    assert abs(share - 0.1) < 0.01, share
+    share = data.report["splits"]["valid"] / (users.size - data.report["splits"]["test"])
     assert abs(share - 0.1) < 0.01, share
     assert per_user(data, "train").min() >= 1
 
@@ -121,7 +124,8 @@ def test_arrays_are_frozen(small):
 def test_report_counts_add_up_and_are_json(tmp_path):
     (tmp_path / "train.txt").write_text("1 2 2 3\n2 3\n")
     (tmp_path / "test.txt").write_text("1 3 4 4\n2 5\n")
-    cfg = DataConfig(format="user_lines", train=str(tmp_path / "train.txt"), test=str(tmp_path / "test.txt"))
+    cfg = DataConfig(format="user_lines", train=str(tmp_path / "train.txt"), test=str(tmp_path / "test.txt"),
+                     valid_fraction=0.0)
     data = load_dataset(cfg)
     report = data.report
     assert report["filtered"] == {"duplicate_train": 1, "duplicate_test": 1, "test_in_train": 1, "cold_test": 0}
@@ -149,7 +153,8 @@ def test_parquet_round_trip(tmp_path, small):
 
 def test_parquet_round_trip_keeps_raw_ids(tmp_path):
     (tmp_path / "log.csv").write_text("user,item\n1000000007,5\n3,99999999999\n3,5\n1000000007,4\n")
-    data = load_dataset(DataConfig(format="log", train=str(tmp_path / "log.csv")), out_dir=tmp_path / "ds")
+    data = load_dataset(DataConfig(format="log", train=str(tmp_path / "log.csv"), test_fraction=0.5, valid_fraction=0.0),
+                        out_dir=tmp_path / "ds")
     back = read_cache(tmp_path / "ds")
     assert back == data and back.user_raw.tolist() == [3, 1000000007]
 
@@ -208,3 +213,70 @@ def test_counts_are_python_ints():
     data = load_dataset(config.load(None, ["data.synthetic.preset=tiny"]).data)
     assert type(data.num_users) is int and type(data.num_items) is int
     json.dumps({"users": data.num_users, "items": data.num_items})  # a 0-d numpy array would raise here
+
+
+# ---------------------------------------------------------------- data that cannot give a result
+
+
+def test_test_file_equal_to_train_is_refused(tmp_path):
+    (tmp_path / "train.txt").write_text("1 2 3\n2 3 4\n3 4 5\n")
+    (tmp_path / "test.txt").write_text("1 2 3\n2 3 4\n3 4 5\n")
+    cfg = DataConfig(format="user_lines", train=str(tmp_path / "train.txt"), test=str(tmp_path / "test.txt"))
+    with pytest.raises(DataError, match=r"test\.txt: every one of its 6 test pairs is also a pair of .*train\.txt"):
+        load_dataset(cfg, out_dir=tmp_path / "ds")
+    assert not (tmp_path / "ds" / "report.json").exists()  # nothing that reads as a dataset
+
+
+@pytest.mark.parametrize("text, overrides, message", [
+    ("1,2\n2,3\n3,4\n", {}, r"log\.csv \(data\.train\): every one of the 3 users has a single interaction"),
+    ("1,2\n1,3\n2,3\n2,4\n", {"test_fraction": 0.0}, r"data\.test_fraction=0 holds out no test pair"),
+    # Two pairs per user: test takes one, the last training pair is never held out for validation.
+    ("1,2\n1,3\n2,3\n2,4\n", {"test_fraction": 0.5}, r"log\.csv \(data\.train\): data\.valid_fraction=0\.1 left no "
+                                                      r"validation pair.*set data\.valid_fraction=0"),
+    ("1,2\n2,2\n", {}, r"log\.csv \(data\.train\): 1 item in all"),
+    ("user,item,rating\n1,2,1\n1,3,2\n", {"min_rating": 4.0}, r"log\.csv: data\.min_rating=4\.0 drops all 2"),
+])
+def test_pools_that_cannot_give_metrics_are_refused(tmp_path, text, overrides, message):
+    (tmp_path / "log.csv").write_text(text)
+    with pytest.raises(DataError, match=message):
+        load_dataset(DataConfig(format="log", train=str(tmp_path / "log.csv"), **overrides))
+
+
+def test_no_validation_is_accepted_when_asked_for(tmp_path):
+    (tmp_path / "log.csv").write_text("1,2\n1,3\n2,3\n2,4\n")
+    data = load_dataset(DataConfig(format="log", train=str(tmp_path / "log.csv"), test_fraction=0.5,
+                                   valid_fraction=0.0))
+    assert data.valid_users.size == 0 and data.test_users.size == 2
+
+
+def test_cr_only_line_ends_are_line_ends_and_crlf_still_reads(tmp_path):
+    lines = ["1 2 3 4", "2 3 4 5", "3 4 5 6"]
+    (tmp_path / "test.txt").write_text("1 5\n2 6\n3 7\n")
+    results = []
+    for name, end in (("lf", "\n"), ("cr", "\r"), ("crlf", "\r\n")):
+        (tmp_path / f"{name}.txt").write_bytes(end.join(lines).encode() + end.encode())
+        cfg = DataConfig(format="user_lines", train=str(tmp_path / f"{name}.txt"), test=str(tmp_path / "test.txt"))
+        data = load_dataset(cfg)
+        assert data.num_users == 3 and data.report["lines"]["train"]["read"] == 3, name
+        results.append(data)
+    for other in results[1:]:  # the same pairs and counts; only the file name in the report differs
+        assert other == dataclasses.replace(results[0], report={**results[0].report, "source": other.report["source"]})
+    (tmp_path / "log.csv").write_bytes(b"1,2\r1,3\r2,3\r2,4\r3,4\r3,5")
+    assert load_dataset(DataConfig(format="log", train=str(tmp_path / "log.csv"), valid_fraction=0.0)).num_users == 3
+    (tmp_path / "bad.csv").write_bytes(b"1,2\r1,x,3\r")
+    with pytest.raises(DataError, match=r"bad\.csv:2: expected 2 comma-separated fields"):
+        load_dataset(DataConfig(format="log", train=str(tmp_path / "bad.csv")))
+
+
+def test_warnings_go_to_the_report_and_to_warn(tmp_path):
+    # 4 test users (under 100), one of 4 test pairs on an item with no training pair.
+    (tmp_path / "train.txt").write_text("1 2 3\n2 3 4\n3 4 5\n4 2 5\n")
+    (tmp_path / "test.txt").write_text("1 4\n2 5\n3 2\n4 9\n")
+    cfg = DataConfig(format="user_lines", train=str(tmp_path / "train.txt"), test=str(tmp_path / "test.txt"),
+                     valid_fraction=0.0)
+    seen = []
+    data = load_dataset(cfg, out_dir=tmp_path / "ds", warn=seen.append)
+    report = json.loads((tmp_path / "ds" / "report.json").read_text())
+    assert report["warnings"] == data.report["warnings"] == seen and len(seen) == 2
+    assert seen[0].startswith("only 4 test users") and seen[1].startswith("1 of 4 test pairs (25.0%)")
+    assert all("\n" not in line for line in seen)
