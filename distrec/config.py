@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import types
 import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,23 +33,44 @@ DATA_FORMATS = ("synthetic", "user_lines", "log", "parquet", "recbole")
 NAMED_COLUMN_FORMATS = ("parquet", "recbole")  # formats whose columns data.columns names
 TIME_FORMATS = ("log", "parquet", "recbole")  # formats that model.task=multi_interest can read
 SYNTHETIC_PRESETS = ("tiny", "small", "books")
+# What each task's evaluation computes (evaluate.metric_names: hitrate only for multi_interest).
+METRICS = {"mrl4rec": ("recall", "ndcg"), "multi_interest": ("recall", "ndcg", "hitrate")}
+# The accepted values of every key that takes one of a few strings (checked, and listed by --help).
+CHOICES = {
+    "device": ("auto", "cpu", "cuda"),
+    "data.format": DATA_FORMATS,
+    "data.cold_test_users": ("error", "drop"),
+    "data.synthetic.preset": SYNTHETIC_PRESETS,
+    "model.task": ("mrl4rec", "multi_interest"),
+    "model.router": ("self_attentive", "capsule", "sasrec"),
+    "model.collection": ("bag", "sequence"),
+    "model.user_sharding": SHARDING_TYPES,
+    "model.item_sharding": SHARDING_TYPES,
+    "train.loss": LOSSES,
+    "train.sampler": SAMPLERS,
+    "train.mns_pool": ("per_level", "shared"),
+    "train.optimizer": OPTIMIZERS,
+    "train.neg_distribution": ("uniform", "log_uniform"),
+    "train.dense_optimizer": ("adam", "adagrad", "sgd"),
+    "train.resume": RESUME_MODES,
+}
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class SyntheticConfig:
     """Sizes of the synthetic generator; a field left at None takes the preset's value."""
 
-    preset: str = "small"
-    num_users: int | None = None
-    num_items: int | None = None
-    num_interactions: int | None = None
-    num_categories: int | None = None
+    preset: str = "small"  # sizes: tiny, small, or books (Amazon-Books size)
+    num_users: int | None = None  # users to generate (None: the preset's)
+    num_items: int | None = None  # items to generate (None: the preset's)
+    num_interactions: int | None = None  # user-item pairs to generate (None: the preset's)
+    num_categories: int | None = None  # item categories (None: the preset's)
     num_subcategories: int | None = None  # per category
     popularity_exponent: float = 1.0  # Zipf exponent of item popularity within a sub-category
-    seed: int = 7
+    seed: int = 7  # seed of the generator (the same seed gives the same data set)
 
     def __post_init__(self) -> None:
-        _check_choice("data.synthetic.preset", self.preset, SYNTHETIC_PRESETS)
+        _check_choice("data.synthetic.preset", self.preset)
         for name in ("num_users", "num_items", "num_interactions", "num_categories", "num_subcategories"):
             value = getattr(self, name)
             if value is not None and value <= 0:
@@ -94,10 +117,10 @@ class ColumnsConfig:
     data.min_rating.
     """
 
-    user: str | None = None
-    item: str | None = None
-    timestamp: str | None = None
-    rating: str | None = None
+    user: str | None = None  # the user id column
+    item: str | None = None  # the item id column
+    timestamp: str | None = None  # the timestamp column (orders sequences for model.task=multi_interest)
+    rating: str | None = None  # the rating column (read only for data.min_rating)
 
     def __post_init__(self) -> None:
         names = {}
@@ -135,17 +158,17 @@ class DataConfig:
     header: bool | None = None  # log: None = detect (a first line that is not numeric)
     test_fraction: float = 0.2  # log: per-user random split
     valid_fraction: float = 0.1  # share of each user's training items held out for validation
-    seed: int = 2022
+    seed: int = 2022  # seed of the train / valid / test splits
     cache_dir: str | None = None  # Parquet dataset; None = <run_dir>/data
     # user_lines: a test user without training items is an error, or dropped with a count
     # (amazon-phones has 4 such users among 20,899 test users).
     cold_test_users: str = "error"
-    synthetic: SyntheticConfig = dataclasses.field(default_factory=SyntheticConfig)
-    sequence: SequenceConfig = dataclasses.field(default_factory=SequenceConfig)
+    synthetic: SyntheticConfig = dataclasses.field(default_factory=SyntheticConfig)  # data.format=synthetic
+    sequence: SequenceConfig = dataclasses.field(default_factory=SequenceConfig)  # model.task=multi_interest
 
     def __post_init__(self) -> None:
-        _check_choice("data.format", self.format, DATA_FORMATS)
-        _check_choice("data.cold_test_users", self.cold_test_users, ("error", "drop"))
+        _check_choice("data.format", self.format)
+        _check_choice("data.cold_test_users", self.cold_test_users)
         if self.format == "user_lines" and (self.train is None or self.test is None):
             raise ConfigError("data.format=user_lines needs data.train and data.test")
         if self.format in ("log", *NAMED_COLUMN_FORMATS) and self.train is None:
@@ -171,12 +194,12 @@ class ModelConfig:
     """Embedding tables, matryoshka levels and (multi_interest) the routing tower."""
 
     task: str = "mrl4rec"  # mrl4rec: MF over user/item tables; multi_interest: REMI / ComiRec-SA over sequences
-    dim: int = 64
-    levels: tuple[int, ...] = (4, 8, 16, 32, 64)
+    dim: int = 64  # full embedding dimension (a multiple of 4, as fbgemm's kernels need)
+    levels: tuple[int, ...] = (4, 8, 16, 32, 64)  # matryoshka prefix dimensions, increasing, ending at model.dim
     level_weights: tuple[float, ...] | None = None  # None = 1/L each
     collection: str = "bag"  # bag: EmbeddingBagCollection; sequence: EmbeddingCollection
-    user_sharding: str = "table_wise"
-    item_sharding: str = "table_wise"
+    user_sharding: str = "table_wise"  # how the user table is split over ranks (row_wise on CPU: collection=sequence)
+    item_sharding: str = "table_wise"  # how the item table is split over ranks
     num_interests: int = 4  # multi_interest: K
     router: str = "self_attentive"  # multi_interest: self_attentive (ComiRec-SA) or capsule (MIND-style)
     hidden_factor: int = 4  # self_attentive: attention hidden size = hidden_factor * dim
@@ -195,8 +218,8 @@ class ModelConfig:
         return 0.2 if self.router == "sasrec" else 0.0
 
     def __post_init__(self) -> None:
-        _check_choice("model.task", self.task, ("mrl4rec", "multi_interest"))
-        _check_choice("model.router", self.router, ("self_attentive", "capsule", "sasrec"))
+        _check_choice("model.task", self.task)
+        _check_choice("model.router", self.router)
         if self.router == "sasrec":
             if self.num_interests != 1:
                 raise ConfigError(f"model.router=sasrec gives one vector per user: set model.num_interests=1, got {self.num_interests}")
@@ -210,8 +233,10 @@ class ModelConfig:
                 raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
         if self.num_interests <= 0:
             raise ConfigError(f"model.num_interests must be positive, got {self.num_interests}")
-        if self.dim <= 0:
-            raise ConfigError(f"model.dim must be positive, got {self.dim}")
+        if self.dim <= 0 or self.dim % 4:
+            raise ConfigError(f"model.dim must be a positive multiple of 4 (fbgemm's embedding kernels work in "
+                              f"blocks of 4), got {self.dim}; e.g. model.dim={max(4, self.dim // 4 * 4)} with "
+                              f"model.levels ending there")
         if not self.levels:
             raise ConfigError("model.levels must not be empty")
         if any(b <= a for a, b in zip(self.levels, self.levels[1:])) or self.levels[0] <= 0:
@@ -224,9 +249,15 @@ class ModelConfig:
             raise ConfigError(
                 f"model.level_weights has {len(self.level_weights)} entries for {len(self.levels)} levels"
             )
-        _check_choice("model.collection", self.collection, ("bag", "sequence"))
-        _check_choice("model.user_sharding", self.user_sharding, SHARDING_TYPES)
-        _check_choice("model.item_sharding", self.item_sharding, SHARDING_TYPES)
+        if self.level_weights is not None and (min(self.level_weights) < 0 or not sum(self.level_weights) > 0):
+            raise ConfigError(f"model.level_weights must be >= 0 with a positive sum (one weight per level of "
+                              f"model.levels), got {list(self.level_weights)}")
+        for name in ("hidden_factor", "num_blocks", "num_heads"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"model.{name} must be an integer >= 1, got {getattr(self, name)}")
+        _check_choice("model.collection", self.collection)
+        _check_choice("model.user_sharding", self.user_sharding)
+        _check_choice("model.item_sharding", self.item_sharding)
 
     @property
     def weights(self) -> tuple[float, ...]:
@@ -239,15 +270,15 @@ class ModelConfig:
 class TrainConfig:
     """Optimisation: loss, sampler, fused optimizer, schedule."""
 
-    epochs: int = 30
+    epochs: int = 30  # most epochs to train (early stopping may end sooner)
     batch_size: int = 2048  # global: split evenly over ranks
-    loss: str = "mrl"
-    sampler: str = "mns"
+    loss: str = "mrl"  # mrl (level-weighted pairwise), bpr, or softmax (matryoshka sampled softmax)
+    sampler: str = "mns"  # hard negatives for bpr / mrl: uniform, dns (dynamic), mns (matryoshka, one per level)
     num_negs: int = 16  # candidates per hard negative (DNS / MNS)
     mns_pool: str = "per_level"  # per_level: a fresh block of candidates per level (paper); shared
-    optimizer: str = "row_wise_adagrad"
+    optimizer: str = "row_wise_adagrad"  # of the embedding tables, fused into the backward pass (adam: GPU only)
     lr: float = 0.2  # tuned for row-wise Adagrad on Amazon-Phones (docs/results.md)
-    eps: float = 1e-8
+    eps: float = 1e-8  # epsilon of the Adagrad / Adam updates
     l2: float = 0.02  # on the batch embeddings (as in common BPR code), tuned with lr
     # Weight each coordinate's L2 like the levels that use it (losses.level_l2_weights); false
     # is the uniform L2 of the MRL4Rec reference code, which starves the last block.
@@ -256,7 +287,7 @@ class TrainConfig:
     # score over every item, at every level, once per user per epoch (each of a user's pairs
     # carries 1 / its pair count). Looks the whole item table up every step (0 = off).
     gramian: float = 0.0
-    seed: int = 2022
+    seed: int = 2022  # seed of initial weights, negative draws and batch order
     # After early stopping, train a fresh model on train + validation for the selected number
     # of epochs and test that one (the validation split then only picks the epoch count).
     refit: bool = False
@@ -265,7 +296,7 @@ class TrainConfig:
     # previous checkpoint (0 = off). A resumed run continues at exactly the next batch. SIGTERM
     # (preemption) always writes one and exits with code 143.
     checkpoint_every_steps: int = 0
-    checkpoint_every_minutes: float = 0.0
+    checkpoint_every_minutes: float = 0.0  # minutes between mid-epoch checkpoints (0 = off)
     # auto: continue from <run_dir>/checkpoint/last when it exists (what a restarted job needs),
     # start afresh otherwise; never: always afresh (an old checkpoint is deleted); must: resume or stop.
     resume: str = "auto"
@@ -276,16 +307,16 @@ class TrainConfig:
     ihn_beta: float = 0.0  # interest-aware hard negatives; 0 = plain sampled softmax
     rr_lambda: float = 0.0  # routing regularisation weight (per-user mean scaling, see losses.py)
     dense_optimizer: str = "adam"  # for the routing tower (dense, DDP); Adam runs on CPU for dense tensors
-    dense_lr: float = 1e-3
+    dense_lr: float = 1e-3  # learning rate of train.dense_optimizer
 
     def __post_init__(self) -> None:
-        _check_choice("train.loss", self.loss, LOSSES)
-        _check_choice("train.sampler", self.sampler, SAMPLERS)
-        _check_choice("train.mns_pool", self.mns_pool, ("per_level", "shared"))
-        _check_choice("train.optimizer", self.optimizer, OPTIMIZERS)
-        _check_choice("train.neg_distribution", self.neg_distribution, ("uniform", "log_uniform"))
-        _check_choice("train.dense_optimizer", self.dense_optimizer, ("adam", "adagrad", "sgd"))
-        _check_choice("train.resume", self.resume, RESUME_MODES)
+        _check_choice("train.loss", self.loss)
+        _check_choice("train.sampler", self.sampler)
+        _check_choice("train.mns_pool", self.mns_pool)
+        _check_choice("train.optimizer", self.optimizer)
+        _check_choice("train.neg_distribution", self.neg_distribution)
+        _check_choice("train.dense_optimizer", self.dense_optimizer)
+        _check_choice("train.resume", self.resume)
         for name in ("checkpoint_every", "checkpoint_every_steps", "checkpoint_every_minutes"):
             value = getattr(self, name)
             if not (value >= 0 and math.isfinite(value)):  # also refuses nan
@@ -299,6 +330,10 @@ class TrainConfig:
             raise ConfigError(f"train.lr must be positive, got {self.lr}")
         if self.l2 < 0:
             raise ConfigError(f"train.l2 must be >= 0, got {self.l2}")
+        if self.eps < 0:
+            raise ConfigError(f"train.eps must be >= 0, got {self.eps}")
+        if self.dense_lr <= 0:
+            raise ConfigError(f"train.dense_lr must be positive, got {self.dense_lr}")
         if not self.gramian >= 0:  # also refuses nan
             raise ConfigError(f"train.gramian must be >= 0, got {self.gramian}")
 
@@ -307,8 +342,8 @@ class TrainConfig:
 class EvalConfig:
     """Full-ranking evaluation and early stopping."""
 
-    ks: tuple[int, ...] = (10, 20, 50)
-    every_epochs: int = 1
+    ks: tuple[int, ...] = (10, 20, 50)  # cut-offs K of recall@K, ndcg@K (and hitrate@K for multi_interest)
+    every_epochs: int = 1  # epochs between evaluations on validation
     patience: int = 5  # evaluations without a better validation score before stopping
     select_metric: str = "recall@20"  # at full dimension, on validation
     track_test: bool = False  # also evaluate test at every evaluation (reporting only, never selection)
@@ -323,27 +358,29 @@ class EvalConfig:
             raise ConfigError(f"eval.valid_users must be positive (or null for every user), got {self.valid_users}")
         if not self.ks or any(k <= 0 for k in self.ks):
             raise ConfigError(f"eval.ks must be positive, got {list(self.ks)}")
-        if self.every_epochs <= 0 or self.patience <= 0 or self.chunk_mb <= 0:
-            raise ConfigError("eval.every_epochs, eval.patience and eval.chunk_mb must be positive")
+        for name in ("every_epochs", "patience", "chunk_mb"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"eval.{name} must be positive, got {getattr(self, name)}")
         name, _, k = self.select_metric.partition("@")
         if name not in ("recall", "ndcg", "hitrate") or not k.isdigit() or int(k) not in self.ks:
-            raise ConfigError(f"eval.select_metric must be recall@K or ndcg@K with K in eval.ks, got {self.select_metric!r}")
+            raise ConfigError(f"eval.select_metric must be recall@K, ndcg@K (or hitrate@K, model.task=multi_interest) "
+                              f"with K in eval.ks={list(self.ks)}, got {self.select_metric!r}")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Config:
     """The whole run."""
 
-    run_dir: str = "runs/default"
+    run_dir: str = "runs/default"  # where the run writes its config, metrics, checkpoints and embeddings
     device: str = "auto"  # auto: cuda + nccl when a GPU is visible, else cpu + gloo
-    progress: bool = True
+    progress: bool = True  # a progress bar per epoch (false: plain lines, for logs)
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
 
     def __post_init__(self) -> None:
-        _check_choice("device", self.device, ("auto", "cpu", "cuda"))
+        _check_choice("device", self.device)
         multi = self.model.task == "multi_interest"
         if multi and self.train.loss != "softmax":
             raise ConfigError(f"model.task=multi_interest trains with train.loss=softmax, got {self.train.loss}")
@@ -353,23 +390,41 @@ class Config:
         if multi and self.data.test is not None:
             raise ConfigError("model.task=multi_interest splits users by data.sequence.split and reads no "
                               "data.test; unset data.test")
+        metric = self.eval.select_metric.partition("@")[0]
+        if metric not in METRICS[self.model.task]:
+            k = self.eval.select_metric.partition("@")[2]
+            raise ConfigError(f"eval.select_metric={self.eval.select_metric}: model.task={self.model.task} computes "
+                              f"{' and '.join(METRICS[self.model.task])} only; use e.g. eval.select_metric=recall@{k}")
 
 
-def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
+def _check_choice(key: str, value: str) -> None:
+    choices = CHOICES[key]
     if value not in choices:
         raise ConfigError(f"{key} must be one of {', '.join(choices)}; got {value!r}")
 
 
-def load(path: str | Path | None, overrides: list[str] = ()) -> Config:
-    """Read a YAML config (or the defaults when `path` is None) and apply `a.b=value` overrides."""
+def load(path: str | Path | None, overrides: list[str] = (), *, check_unused: bool = True) -> Config:
+    """Read a YAML config (or the defaults when `path` is None) and apply `a.b=value` overrides.
+
+    With `check_unused`, a key that the resolved run would not read is an error (`unused`): one
+    set by an override always; one set by the file unless an override changed what decides it
+    (e.g. `train.loss=softmax` on a file that sets `train.num_negs`)."""
     raw: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist")
-        raw = yaml.safe_load(path.read_text()) or {}
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+            raise ConfigError(f"{where}: not valid YAML ({_yaml_problem(err)}); each line is `key: value`, "
+                              f"sections indented under their name") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: top level must be a mapping")
+    file_keys = _leaf_keys(raw)
+    override_keys: set[str] = set()
     for item in overrides:
         key, sep, text = item.partition("=")
         if not sep or not key:
@@ -377,11 +432,169 @@ def load(path: str | Path | None, overrides: list[str] = ()) -> Config:
         node = raw
         parts = key.split(".")
         for part in parts[:-1]:
-            node = node.setdefault(part, {})
+            if node.get(part) is None:
+                node[part] = {}
+            node = node[part]
             if not isinstance(node, dict):
                 raise ConfigError(f"override {item!r}: {part} is not a section")
-        node[parts[-1]] = yaml.safe_load(text) if text != "" else None
-    return build(Config, raw, prefix="")
+        try:
+            value = yaml.safe_load(text) if text != "" else None
+        except yaml.YAMLError as err:
+            raise ConfigError(f"override {item!r}: the value is not valid YAML ({_yaml_problem(err)}); "
+                              f"lists are written [a, b], strings need no quotes") from None
+        node[parts[-1]] = value
+        override_keys |= _leaf_keys({key: value}) if isinstance(value, dict) else {key}
+    cfg = build(Config, raw, prefix="")
+    if check_unused:
+        _check_unused(cfg, file_keys - override_keys, override_keys)
+    return cfg
+
+
+def _yaml_problem(err: Exception) -> str:
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    return str(problem)
+
+
+def _leaf_keys(raw: dict[str, Any], prefix: str = "") -> set[str]:
+    """The dotted keys a (possibly nested) mapping sets."""
+    keys = set()
+    for name, value in raw.items():
+        if isinstance(value, dict):
+            keys |= _leaf_keys(value, f"{prefix}{name}.")
+        else:
+            keys.add(f"{prefix}{name}")
+    return keys
+
+
+# ------------------------------------------------------------------ which keys a run reads
+
+_ANY = object()  # Use.as_if when no value of the key is what the run does anyway
+
+
+@dataclasses.dataclass(frozen=True)
+class Use:
+    """Key `key` (or every key under a section `key.`) is read only when `reads(cfg)`, as `where`
+    says; `decided_by` are the keys that decide it. A run that does not read it behaves as if it
+    were `as_if` (when there is such a value), so setting it to that is accepted."""
+
+    key: str
+    decided_by: tuple[str, ...]
+    reads: Callable[[Config], bool]
+    where: str
+    as_if: Any = _ANY
+
+
+def _mf(c: Config) -> bool:
+    return c.model.task == "mrl4rec"
+
+
+def _multi(c: Config) -> bool:
+    return c.model.task == "multi_interest"
+
+
+def _pairwise(c: Config) -> bool:
+    return _mf(c) and c.train.loss != "softmax"
+
+
+_FILES = ("data.format",)
+_TASK = ("model.task",)
+_ROUTER = ("model.task", "model.router")
+_SAMPLING = ("model.task", "train.loss", "train.sampler")
+MF_ONLY = "model.task=mrl4rec"
+MULTI_ONLY = "model.task=multi_interest"
+# Worked out from the code that reads each key: data/dataset.py and data/ingest.py (mrl4rec data),
+# data/sequences.py (multi_interest data), workload.py, model.py, multi_interest.py, towers.py,
+# samplers.py, embeddings.py, evaluate.py. A key not listed here is read by every run.
+USES = (
+    Use("data.train", _FILES, lambda c: c.data.format != "synthetic", "data.format=user_lines, log, parquet, recbole"),
+    Use("data.test", _FILES, lambda c: c.data.format != "synthetic", "data.format=user_lines, log, parquet, recbole"),
+    Use("data.delimiter", _FILES, lambda c: c.data.format == "log", "data.format=log"),
+    Use("data.header", _FILES, lambda c: c.data.format == "log", "data.format=log"),
+    Use("data.synthetic.", _FILES, lambda c: c.data.format == "synthetic", "data.format=synthetic"),
+    Use("data.test_fraction", ("model.task", "data.test"), lambda c: _mf(c) and c.data.test is None,
+        "model.task=mrl4rec without a data.test file (it is the share of the per-user random split)"),
+    Use("data.valid_fraction", _TASK, _mf, MF_ONLY + " (multi_interest splits users by data.sequence.split)"),
+    Use("data.cache_dir", _TASK, _mf, MF_ONLY),
+    Use("data.cold_test_users", ("model.task", "data.test"), lambda c: _mf(c) and c.data.test is not None,
+        "model.task=mrl4rec with a data.test file"),
+    Use("data.sequence.", _TASK, _multi, MULTI_ONLY),
+    Use("model.user_sharding", _TASK, _mf, MF_ONLY + " (multi_interest has no user table)"),
+    Use("model.num_interests", _TASK, _multi, MULTI_ONLY, as_if=1),
+    Use("model.router", _TASK, _multi, MULTI_ONLY),
+    Use("model.hidden_factor", _ROUTER, lambda c: _multi(c) and c.model.router == "self_attentive",
+        "model.task=multi_interest with model.router=self_attentive"),
+    Use("model.positional", _ROUTER, lambda c: _multi(c) and c.model.router == "self_attentive",
+        "model.task=multi_interest with model.router=self_attentive"),
+    Use("model.num_blocks", _ROUTER, lambda c: _multi(c) and c.model.router == "sasrec",
+        "model.task=multi_interest with model.router=sasrec"),
+    Use("model.num_heads", _ROUTER, lambda c: _multi(c) and c.model.router == "sasrec",
+        "model.task=multi_interest with model.router=sasrec"),
+    Use("model.dropout", _ROUTER, lambda c: _multi(c) and c.model.router != "capsule",
+        "model.task=multi_interest with model.router=sasrec or self_attentive"),
+    Use("train.sampler", ("model.task", "train.loss"), _pairwise, "model.task=mrl4rec with train.loss=bpr or mrl"),
+    Use("train.num_negs", _SAMPLING, lambda c: _pairwise(c) and c.train.sampler != "uniform",
+        "model.task=mrl4rec with train.loss=bpr or mrl and train.sampler=dns or mns"),
+    Use("train.mns_pool", _SAMPLING, lambda c: _pairwise(c) and c.train.sampler == "mns",
+        "model.task=mrl4rec with train.loss=bpr or mrl and train.sampler=mns"),
+    Use("train.l2", _TASK, _mf, MF_ONLY, as_if=0.0),
+    Use("train.l2_per_level", _TASK, _mf, MF_ONLY),
+    Use("train.gramian", _TASK, _mf, MF_ONLY, as_if=0.0),
+    Use("train.refit", _TASK, _mf, MF_ONLY, as_if=False),
+    Use("train.eps", ("train.optimizer",), lambda c: c.train.optimizer != "sgd",
+        "train.optimizer=row_wise_adagrad, adagrad, adam"),
+    Use("train.num_sampled", ("train.loss",), lambda c: c.train.loss == "softmax", "train.loss=softmax"),
+    Use("train.ihn_beta", ("train.loss",), lambda c: c.train.loss == "softmax", "train.loss=softmax", as_if=0.0),
+    Use("train.neg_distribution", _TASK, _multi, MULTI_ONLY + " (mrl4rec's softmax draws uniformly)", as_if="uniform"),
+    Use("train.gather_negatives", _TASK, _multi, MULTI_ONLY, as_if=False),
+    Use("train.rr_lambda", _TASK, _multi, MULTI_ONLY, as_if=0.0),
+    Use("train.dense_optimizer", _TASK, _multi, MULTI_ONLY + " (the routing tower; mrl4rec has no dense layers)"),
+    Use("train.dense_lr", _TASK, _multi, MULTI_ONLY + " (the routing tower; mrl4rec has no dense layers)"),
+    Use("eval.mask_history", _TASK, _multi, MULTI_ONLY + " (mrl4rec always masks a user's training items)",
+        as_if=True),
+)
+
+
+def get(cfg: Any, key: str) -> Any:
+    """The value of dotted `key` in a config tree."""
+    for part in key.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def use_of(key: str) -> Use | None:
+    return next((u for u in USES if key == u.key or (u.key.endswith(".") and key.startswith(u.key))), None)
+
+
+def unused(cfg: Config, key: str) -> str | None:
+    """Why a run with `cfg` does not read `key` (None: it does, or behaves as asked anyway)."""
+    use = use_of(key)
+    if use is None or use.reads(cfg):
+        return None
+    value = get(cfg, key)
+    if value == get(Config(), key) or (use.as_if is not _ANY and value == use.as_if):
+        return None  # the default, or what the run does anyway: asks for nothing that is not done
+    setup = ", ".join(f"{d}={_text(get(cfg, d))}" for d in use.decided_by)
+    hint = f" (or set it to {_text(use.as_if)})" if use.as_if is not _ANY else ""
+    return f"{key} is read by {use.where}; this run has {setup}: remove {key}{hint}"
+
+
+def _check_unused(cfg: Config, file_keys: set[str], override_keys: set[str]) -> None:
+    for key in sorted(override_keys) + sorted(file_keys):
+        why = unused(cfg, key)
+        if why is None:
+            continue
+        if key in file_keys and any(d in override_keys for d in use_of(key).decided_by):
+            continue  # an override changed the setup the file was written for (`train.loss=softmax`)
+        raise ConfigError(why)
+
+
+def _text(value: Any) -> str:
+    """A value as it is written in YAML and on the command line."""
+    if isinstance(value, bool) or value is None:
+        return {True: "true", False: "false", None: "null"}[value]
+    if isinstance(value, tuple):
+        return "[" + ", ".join(_text(v) for v in value) + "]"
+    return str(value)
 
 
 def build(cls: type, raw: dict[str, Any], prefix: str) -> Any:
@@ -420,13 +633,19 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
         elif len(args) != len(value):
             raise ConfigError(f"config key {key} must have {len(args)} entries, got {list(value)}")
         return tuple(_coerce(elem, v, f"{key}[{i}]") for i, (elem, v) in enumerate(zip(args, value)))
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if hint is float and isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
-        try:
-            return float(value)
-        except ValueError:
-            pass
+    if hint is float:
+        number = value
+        if isinstance(value, int) and not isinstance(value, bool):
+            number = float(value)
+        elif isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+            try:
+                number = float(value)
+            except ValueError:
+                pass
+        if isinstance(number, float):
+            if not math.isfinite(number):  # nan passes every `x > 0` check below: refuse it here
+                raise ConfigError(f"config key {key} must be a finite number, got {value!r}")
+            return number
     if hint is str and isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)
     if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
@@ -444,3 +663,98 @@ def to_dict(cfg: Any) -> dict[str, Any]:
         return x
 
     return plain(dataclasses.asdict(cfg))
+
+
+# ------------------------------------------------------------------ checks that need the launch
+
+def check_world(cfg: Config, world_size: int, device: Any) -> None:
+    """What the config alone cannot tell: checks against the world size and the device (a
+    torch.device or its type), the run directory and the input files. Called by every rank
+    right after the process group is up, before any data is read or generated."""
+    kind = getattr(device, "type", device)
+    if cfg.train.batch_size < world_size:
+        raise ConfigError(f"train.batch_size={cfg.train.batch_size} is the global batch, split over {world_size} "
+                          f"ranks: it must be at least the world size; set train.batch_size >= {world_size}")
+    if kind != "cuda" and cfg.model.collection == "bag":
+        for field in ("user_sharding", "item_sharding") if cfg.model.task == "mrl4rec" else ("item_sharding",):
+            if getattr(cfg.model, field) == "row_wise":
+                # TorchRec's planner would stop with "No available sharding type and compute kernel
+                # combination": its EmbeddingBagCollection has row-wise kernels on GPUs only.
+                raise ConfigError(f"model.{field}=row_wise needs a GPU with model.collection=bag; on CPU use "
+                                  f"model.collection=sequence, or table_wise / column_wise")
+    for key in ("data.train", "data.test"):
+        path = get(cfg, key)
+        if path is not None and cfg.data.format != "synthetic" and not Path(path).exists():
+            raise ConfigError(f"{key}={path}: no such file or directory")
+    check_run_dir(cfg.run_dir)
+
+
+def check_run_dir(run_dir: str) -> None:
+    """Create `run_dir` and write a probe file in it: a run that cannot write its outputs should
+    say so before it spends anything on data or training."""
+    path = Path(run_dir)
+    probe = path / f".write_probe.{os.getpid()}"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise ConfigError(f"run_dir={run_dir} is not writable ({err.strerror}: {err.filename}); "
+                          f"set run_dir to a directory this user may create and write") from None
+
+
+# ------------------------------------------------------------------ --help, from the classes
+
+def describe() -> list[str]:
+    """`key (type, default): meaning` for every key, the meaning read from the comments in this
+    file (a trailing `# ...`, or the comment lines just above the field)."""
+    lines: list[str] = []
+
+    def walk(cls: type, prefix: str, default: Any) -> None:
+        meanings = field_meanings(cls)
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            key = prefix + f.name
+            if dataclasses.is_dataclass(hints[f.name]):
+                used = f" (used with {meanings[f.name]})" if meanings.get(f.name) else ""
+                lines.append(f"{key}: {hints[f.name].__doc__.splitlines()[0]}{used}")
+                walk(hints[f.name], key + ".", getattr(default, f.name))
+                continue
+            meaning = meanings.get(f.name, "")
+            if key in CHOICES:
+                meaning += f" [{' | '.join(CHOICES[key])}]"
+            lines.append(f"  {key} ({_type_name(hints[f.name])}, {_text(getattr(default, f.name))}): {meaning}")
+
+    walk(Config, "", Config())
+    return lines
+
+
+def field_meanings(cls: type) -> dict[str, str]:
+    """Field name -> the comments that document it in the class's source, as one line."""
+    import inspect  # only --help and its test need it
+
+    meanings, above = {}, []
+    fields = {f.name for f in dataclasses.fields(cls)}
+    for line in inspect.getsource(cls).splitlines()[1:]:
+        text = line.strip()
+        if text.startswith("#"):
+            above.append(text.lstrip("#").strip())
+            continue
+        name = text.partition(":")[0]
+        if name in fields and line.startswith("    ") and not line.startswith("     "):
+            trailing = text.partition("  # ")[2] if "  # " in text else ""
+            meanings[name] = "; ".join(part for part in (" ".join(above), trailing) if part)
+        above = []
+    return meanings
+
+
+def _type_name(hint: Any) -> str:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        return f"{_type_name(args[0])} or null"
+    if typing.get_origin(hint) is tuple:
+        args = typing.get_args(hint)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return f"list of {_type_name(args[0])}"
+        return f"list of {len(args)} {_type_name(args[0])}"
+    return hint.__name__

@@ -57,7 +57,8 @@ def init(device: str = "auto", timeout_s: int = 1800) -> DistEnv:
     """
     use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
     if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device=cuda was asked for but no GPU is visible")
+        raise ConfigError("device=cuda, but no GPU is visible to this process (torch.cuda.is_available() is "
+                          "false); use device=cpu, or device=auto (cuda when a GPU is visible)")
     env = os.environ
     if "RANK" not in env:
         env.setdefault("MASTER_ADDR", "127.0.0.1")

@@ -88,8 +88,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     def objective(trial: optuna.Trial) -> float:
         point = search_space.suggest(space, trial)
-        overrides = [*args.overrides, *search_space.to_overrides(point), *FORCED]
         try:
+            # A searched key that this point's setup does not read (train.mns_pool where the point
+            # has train.sampler=dns) is left out of its run, which would refuse it as unused.
+            point = _applicable(point, config_path, [*args.overrides, *FORCED])
+            overrides = [*args.overrides, *search_space.to_overrides(point), *FORCED]
             cfg = config.load(config_path, overrides)  # a point can break a rule that spans keys
         except config.ConfigError as err:
             trial.set_user_attr("error", str(err))
@@ -126,14 +129,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if not complete:
         raise SystemExit(f"error: no trial completed; see {out / 'trials.md'} and the trials' stderr.log")
     best = study.best_trial
-    best_overrides = search_space.to_overrides({p.key: best.params[p.key] for p in space})
+    best_overrides = search_space.to_overrides(
+        _applicable({p.key: best.params[p.key] for p in space}, config_path, [*args.overrides, *FORCED]))
     (out / "best_overrides.txt").write_text("\n".join(best_overrides) + "\n")
     print(f"best: trial {best.number}, valid {metric} {best.value:.4f}: {' '.join(best_overrides)}", flush=True)
 
     final = None
     if not args.no_refit:
         # The one run whose test metrics are read: the chosen point, refit on train + validation.
-        run = runner.launch(config_path, [*args.overrides, *best_overrides, "train.refit=true", "eval.track_test=false"],
+        # REMI has no refit (train.refit is read by model.task=mrl4rec only): it tests the selected model.
+        refit = ["train.refit=true"] if config.use_of("train.refit").reads(base) else []
+        run = runner.launch(config_path, [*args.overrides, *best_overrides, *refit, "eval.track_test=false"],
                             args.nproc, out / "final", timeout_s=None, echo=args.verbose)
         # "refit" is the run's own word: REMI runs ignore train.refit today and test the selected model.
         final = {"test": run.metrics["test"] if run.ok else None, "refit": run.metrics.get("refit") if run.ok else None,
@@ -158,6 +164,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"final refit run: test@{dim} {metric} {final['test'][dim][metric]:.4f} in {final['wall_seconds']:.0f} s")
     print(f"search outputs in {out}")
     return result
+
+
+def _applicable(point: dict[str, Any], config_path: Path | None, overrides: list[str]) -> dict[str, Any]:
+    """`point` without the searched keys that its own setup does not read (config.unused)."""
+    full = config.load(config_path, [*overrides, *search_space.to_overrides(point)], check_unused=False)
+    return {key: value for key, value in point.items() if config.unused(full, key) is None}
 
 
 def _has_validation(cfg: config.Config) -> bool:
