@@ -25,6 +25,7 @@ import shutil
 import time
 
 import torch
+import yaml
 from tqdm import tqdm
 
 from distrec import checkpoint, config, counters, outputs, parallel, preemption
@@ -34,23 +35,45 @@ from distrec.embeddings import check_optimizer_device
 from distrec.evaluate import gather_table
 from distrec.workload import Workload, build_workload
 
-USAGE = "usage: python -m distrec.train [--config configs/NAME.yaml] [key.sub=value ...]"
+USAGE = "usage: python -m distrec.train [--config configs/NAME.yaml] [--print-config] [key.sub=value ...]"
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
-def parse_args(argv: list[str]) -> tuple[str | None, list[str]]:
-    """`--config PATH` and dotted overrides. A leading path to this very script is ignored:
-    the users' `torchx run ... dist.ddp -j 1x8 distrec/train.py` passes it as an argument."""
+def help_text() -> str:
+    """--help: usage, the shipped configs and every key, generated from distrec/config.py."""
+    shipped = []
+    for path in sorted(CONFIGS.glob("*.yaml")):
+        first = next((line.lstrip("# ").strip() for line in path.read_text().splitlines() if line.startswith("#")), "")
+        shipped.append(f"  configs/{path.name}: {first}")
+    return "\n".join([
+        USAGE, "",
+        "Without --config the built-in defaults (configs/default.yaml) are used; each key.sub=value",
+        "override (a YAML value: lists as [4,8,16]) is applied on top. Every value is checked before",
+        "any data is read; a key that this run would not read (e.g. data.train with",
+        "data.format=synthetic) is an error. --print-config prints the resolved config and exits.", "",
+        "shipped configs:", *shipped, "",
+        "keys (type, default): meaning [choices]:", *config.describe(),
+    ])
+
+
+def parse_args(argv: list[str]) -> tuple[str | None, list[str], bool]:
+    """`--config PATH`, `--print-config` and dotted overrides. A leading path to this very
+    script is ignored: the users' `torchx run ... dist.ddp -j 1x8 distrec/train.py` passes it
+    as an argument."""
     args = list(argv)
     if args and args[0].endswith(".py") and Path(args[0]).resolve() == Path(__file__).resolve():
         args = args[1:]
     path = None
     overrides = []
+    print_config = False
     while args:
         arg = args.pop(0)
         if arg in ("-h", "--help"):
-            print(USAGE)
+            print(help_text())
             raise SystemExit(0)
-        if arg == "--config":
+        if arg == "--print-config":
+            print_config = True
+        elif arg == "--config":
             if not args:
                 raise config.ConfigError("--config needs a path")
             path = args.pop(0)
@@ -59,13 +82,16 @@ def parse_args(argv: list[str]) -> tuple[str | None, list[str]]:
         elif "=" in arg and not arg.startswith("-"):
             overrides.append(arg)
         else:
-            raise config.ConfigError(f"unexpected argument {arg!r}; {USAGE}")
-    return path, overrides
+            raise config.ConfigError(f"unexpected argument {arg!r} (--help lists every key); {USAGE}")
+    return path, overrides, print_config
 
 
 def main(argv: list[str] | None = None) -> dict:
-    path, overrides = parse_args(sys.argv[1:] if argv is None else argv)
+    path, overrides, print_config = parse_args(sys.argv[1:] if argv is None else argv)
     cfg = config.load(path, overrides)
+    if print_config:
+        print(yaml.safe_dump(config.to_dict(cfg), sort_keys=False), end="")
+        raise SystemExit(0)
     # Scheduler logs (torchx, Slurm, Kubernetes) are files: without line buffering the epoch
     # lines would arrive in blocks, long after the fact, or be lost with a killed worker.
     if hasattr(sys.stdout, "reconfigure"):
@@ -84,6 +110,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def train(cfg: config.Config, env: parallel.DistEnv) -> dict:
+    config.check_world(cfg, env.world_size, env.device)  # batch vs ranks, device, run_dir, files: before any data
     start = time.perf_counter()
     run_dir = Path(cfg.run_dir)
     log = print if env.is_main else (lambda *a, **k: None)
@@ -369,11 +396,29 @@ def _print_table(metrics: dict, which: str) -> None:
         print(f"{dim:>3}  " + " ".join(f"{row[n]:10.4f}" for n in names))
 
 
+def _report_input_error(err: Exception) -> None:
+    """One line on stderr, from rank 0 only (every rank checks the same input). Under torchrun,
+    also into the worker's error file, so that the launcher's failure summary (which it always
+    prints for a non-zero exit) names the cause instead of "To enable traceback see ..."."""
+    if os.environ.get("RANK", "0") != "0":
+        return
+    line = f"error: {err}"
+    print(line, file=sys.stderr)
+    if os.environ.get("TORCHELASTIC_ERROR_FILE"):
+        import json
+
+        info = {"message": line, "extraInfo": {"py_callstack": line, "timestamp": str(int(time.time()))}}
+        try:
+            Path(os.environ["TORCHELASTIC_ERROR_FILE"]).write_text(json.dumps({"message": info}))
+        except OSError:
+            pass
+
+
 if __name__ == "__main__":
     try:
         main()
     except (config.ConfigError, DataError, FloatingPointError) as err:  # one clear line, no traceback
-        print(f"error: {err}", file=sys.stderr)
+        _report_input_error(err)
         raise SystemExit(2) from None
     except preemption.Preempted as stop:  # the scheduler retries a job that exits non-zero
         if os.environ.get("RANK", "0") == "0":  # every rank stops at the same step: say it once
