@@ -239,3 +239,12 @@ def test_check_world(tmp_path):
     (tmp_path / "file").write_text("")
     with pytest.raises(config.ConfigError, match="run_dir=.* is not writable"):
         config.check_world(config.load(None, [f"run_dir={tmp_path}/file/r"]), 1, "cpu")
+
+
+def test_the_search_leaves_out_keys_a_point_does_not_read():
+    from distrec import search
+
+    point = {"train.sampler": "uniform", "train.num_negs": 8, "train.mns_pool": "shared", "train.lr": 0.1}
+    kept = search._applicable(point, ROOT / "configs" / "mrl4rec_phones.yaml", search.FORCED)
+    assert kept == {"train.sampler": "uniform", "train.lr": 0.1}
+    config.load(ROOT / "configs" / "mrl4rec_phones.yaml", [*search.FORCED, "train.sampler=uniform", "train.lr=0.1"])
