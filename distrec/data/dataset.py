@@ -145,8 +145,8 @@ def _from_train_test(cfg: DataConfig, drop_cold_test_users: bool) -> Interaction
     """data.train and data.test as given (user_lines always; other formats when data.test is set)."""
     train, train_low = ingest.filter_rating(ingest.read(cfg, "data.train"), cfg, str(cfg.train))
     test, test_low = ingest.filter_rating(ingest.read(cfg, "data.test"), cfg, str(cfg.test))
-    _require_pairs(train, train_low, cfg, "data.train")
-    _require_pairs(test, test_low, cfg, "data.test")
+    require_pairs(train, train_low, cfg, "data.train")
+    require_pairs(test, test_low, cfg, "data.test")
     train, test = ingest.share_names(train, test)
     cold = ~_isin_sorted(test.users, unique(train.users))
     num_cold_users = int(unique(test.users[cold]).size)
@@ -191,7 +191,7 @@ def _from_train_test(cfg: DataConfig, drop_cold_test_users: bool) -> Interaction
     return _finish(cfg, report, train_keys, test_keys[~in_train], user_raw, item_raw)
 
 
-def _require_pairs(pairs: ingest.Pairs, dropped: int, cfg: DataConfig, key: str) -> None:
+def require_pairs(pairs: ingest.Pairs, dropped: int, cfg: DataConfig, key: str) -> None:
     """DataError when `pairs` is empty: a file with a header and no rows, or data.min_rating above every rating."""
     if pairs.users.size:
         return
@@ -206,7 +206,7 @@ def _require_pairs(pairs: ingest.Pairs, dropped: int, cfg: DataConfig, key: str)
 def _from_one_file(cfg: DataConfig) -> InteractionData:
     """One pool of pairs (a log, a Parquet data set, .inter files), split per user into train and test."""
     pairs, low = ingest.filter_rating(ingest.read(cfg, "data.train"), cfg, str(cfg.train))
-    _require_pairs(pairs, low, cfg, "data.train")
+    require_pairs(pairs, low, cfg, "data.train")
     if cfg.format == "log":  # the report keys of a log, as before the other formats came
         source, lines = {"format": "log", "file": str(cfg.train)}, {"log": pairs.stats}
     else:

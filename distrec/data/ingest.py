@@ -422,7 +422,7 @@ def _checked(column, pattern: str, kind: pa.DataType, problem: Callable[[str], s
 def encode_ids(
     column: pa.Array | pa.ChunkedArray,
     name: str,
-    fail: Callable[[int, str], None],
+    fail: Callable[[int | None, str], None],
     problem: Callable[[str, str], str] | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """(int64 [P], names str [K] or None) of an id column: raw ids, or codes into the sorted unique string ids.
@@ -430,7 +430,8 @@ def encode_ids(
     Integer columns must be non-negative. A text column is int64 when every value is a decimal
     integer of at most MAX_DIGITS digits, strings when any value is not a number at all; a text
     column of numbers only, some negative or fractional, is an error (a typo more likely than ids).
-    fail(row, problem) raises for the 0-based row at fault; problem(name, value) words a bad number.
+    fail(row, problem) raises for the 0-based row at fault (None: the column's type is wrong);
+    problem(name, value) words a bad number.
     """
     problem = problem or _field_problem
     kind = column.type
@@ -450,7 +451,7 @@ def encode_ids(
             fail(int(negative[0]), f"negative {name} id {values[negative[0]]}")
         return values, None
     if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
-        fail(0, f"{name} ids must be integers or strings, the column holds {kind}")
+        fail(None, f"{name} ids must be integers or strings, the column holds {kind}")
     digits = pc.match_substring_regex(column, _DIGITS)
     if pc.all(digits).as_py():
         too_long = pc.greater(pc.binary_length(column), MAX_DIGITS)
@@ -612,12 +613,14 @@ def read_parquet(path: str | Path, key: str, cfg: "DataConfig", timestamps: bool
         rows.append(meta.metadata.num_rows)
     try:
         table = pads.dataset([str(f) for f in files], format="parquet").to_table(columns=[names[r] for r in read])
-    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as err:
+    except (pa.ArrowException, OSError) as err:  # clashing schemas, or damaged pages (OSError from thrift)
         raise DataError(f"{path}: the Parquet files do not read as one table ({err}) (set by {key})") from None
     ends = np.cumsum(rows)
 
     def fail_in(role: str):
-        def fail(row: int, problem: str) -> None:
+        def fail(row: int | None, problem: str) -> None:
+            if row is None:  # the column's type, not a value: every file of `path` shares it
+                raise DataError(f"{path}: column {names[role]!r}: {problem} (set by {key})")
             at = int(np.searchsorted(ends, row, side="right"))
             first = int(ends[at - 1]) if at else 0
             raise DataError(f"{files[at]}: row {row - first + 1} (column {names[role]!r}): {problem}")
@@ -674,7 +677,9 @@ def read_inter(path: str | Path, key: str, cfg: "DataConfig", timestamps: bool =
     table = pa.concat_tables(tables)
 
     def fail_in(role: str):
-        def fail(row: int, problem: str) -> None:
+        def fail(row: int | None, problem: str) -> None:
+            if row is None:  # pragma: no cover - .inter columns are read as string / float64
+                raise DataError(f"{path}: column {names[role]!r}: {problem}")
             at = int(np.searchsorted(ends, row, side="right"))
             file, body, first_no = bodies[at]
             no, text = _row_line(body, first_no, row - (ends[at - 1] if at else 0))
@@ -686,7 +691,16 @@ def read_inter(path: str | Path, key: str, cfg: "DataConfig", timestamps: bool =
 
 
 def _pairs_from_table(table: pa.Table, columns: list[str], roles: list[str], fail_in, stats: dict) -> Pairs:
-    """Pairs from the columns of `table` that play `roles` (a column name per role)."""
+    """Pairs from the columns of `table` that play `roles` (a column name per role).
+
+    fail_in(role)(row, problem) raises DataError at 0-based row `row`, or for the whole column
+    when row is None (a column type that cannot hold ids or numbers).
+    """
+    if table.num_rows == 0:  # no rows, whatever the types (an empty column may be typed null): the caller refuses it
+        empty = np.zeros(0, np.int64)
+        return Pairs(users=empty, items=empty, lines=None, stats=stats,
+                     timestamps=empty if "timestamp" in roles else None,
+                     ratings=np.zeros(0) if "rating" in roles else None)
     out = {}
     for column, role in zip(columns, roles):
         values, fail = table.column(column), fail_in(role)
@@ -699,7 +713,7 @@ def _pairs_from_table(table: pa.Table, columns: list[str], roles: list[str], fai
         if pa.types.is_timestamp(kind) or pa.types.is_date(kind) or pa.types.is_duration(kind):
             values = values.cast(pa.int64()) if not pa.types.is_date32(kind) else values.cast(pa.int32())
         elif not (pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_decimal(kind)):
-            fail(0, f"the {role} column holds {kind}, not numbers")
+            fail(None, f"the {role} column holds {kind}, not numbers")
         array = values.to_numpy()
         out[role] = array.astype(np.int64) if array.dtype.kind in "iu" else array.astype(np.float64)
     (users, user_names), (items, item_names) = out["user"], out["item"]

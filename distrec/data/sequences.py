@@ -28,7 +28,7 @@ import numpy as np
 
 from distrec.config import ConfigError, DataConfig
 from distrec.data import ingest
-from distrec.data.dataset import raw_ids, unique
+from distrec.data.dataset import raw_ids, require_pairs, unique
 from distrec.data.ingest import DataError
 
 CONFIG_KEY = "data.sequence"  # prefix of the sequence keys in messages
@@ -179,6 +179,7 @@ def load_sequences(data_cfg: DataConfig, *, warn: Callable[[str], None] | None =
         raise ConfigError(f"data.format={data_cfg.format} has no time order; sequences read a log, parquet or recbole")
     sort_by_time = cfg.time_ordered is False or (cfg.time_ordered is None and data_cfg.format != "log")
     log, low = ingest.filter_rating(ingest.read(data_cfg, "data.train", timestamps=sort_by_time), data_cfg, str(path))
+    require_pairs(log, low, data_cfg, "data.train")
     if cfg.time_ordered is False and log.timestamps is None:
         _no_timestamps(path, log, data_cfg, f"{key}.time_ordered")
     times = log.timestamps if sort_by_time else None  # None also where time_ordered=None found no timestamp column
