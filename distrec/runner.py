@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]  # the repository root: relative path
 POLL_S = 0.2
 STDERR_TAIL_LINES = 40
 KILL_GRACE_S = 5.0
+LIVE = Path("attempts") / "live"  # distrec.rundir.LIVE: where a run in progress writes (stdlib-only module)
 
 OnMetrics = Callable[[dict[str, Any]], bool]
 
@@ -86,14 +87,13 @@ def launch(
     """
     run_dir = Path(run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
-    # Results of an earlier run in the same directory must not pass for this one's. A resumed
-    # run keeps its history (train.py appends to metrics.jsonl then).
-    (run_dir / "metrics.json").unlink(missing_ok=True)
-    if not _may_resume(overrides, run_dir):
-        (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+    # A run writes into run_dir/attempts/live and publishes metrics.json only when it succeeds
+    # (distrec.rundir): an earlier run's result must not pass for this one's, so it counts
+    # only if this launch exited 0 and the file is new.
+    before = _stamp(run_dir / "metrics.json")
     argv = command(config, overrides, nproc, run_dir)
     tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL_LINES)
-    reader = _RecordReader(run_dir / "metrics.jsonl")
+    reader = _RecordReader(run_dir / LIVE / "metrics.jsonl")
     stopped_by = None
     with open(run_dir / "stdout.log", "w") as out_log, open(run_dir / "stderr.log", "w") as err_log:
         t0 = time.perf_counter()
@@ -128,7 +128,12 @@ def launch(
             thread.join()
     reader.new_records()  # a stopped run may have written more before it died
     metrics_path = run_dir / "metrics.json"
-    metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else None
+    metrics = None
+    if returncode == 0 and metrics_path.exists() and _stamp(metrics_path) != before:
+        metrics = json.loads(metrics_path.read_text())
+        # Published with the results: the records the last polls may have missed.
+        reader.records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()] \
+            if (run_dir / "metrics.jsonl").exists() else reader.records
     return RunResult(run_dir=run_dir, returncode=returncode, wall_seconds=wall, metrics=metrics,
                      records=tuple(reader.records), stderr_tail="".join(tail), command=tuple(argv),
                      stopped_by=stopped_by)
@@ -194,14 +199,13 @@ def _stop(proc: subprocess.Popen) -> None:
             continue
 
 
-def _may_resume(overrides: list[str], run_dir: Path) -> bool:
-    """Whether train.py will continue this run_dir's checkpoint (its `prepare_resume` rule, for
-    `train.resume` given as an override or left at its default, auto): then it keeps its log."""
-    values = [o.partition("=")[2].strip().lower() for o in overrides if o.partition("=")[0] == "train.resume"]
-    mode = values[-1] if values else "auto"
-    ckpt = run_dir / "checkpoint"
-    written = any((ckpt / name / "loop.pt").is_file() for name in ("last", "last.tmp", "last.old"))
-    return mode != "never" and written and (mode == "must" or not (ckpt / "finished").exists())
+def _stamp(path: Path) -> tuple[int, int] | None:
+    """(inode, mtime in ns) of a file, None if absent: publishing replaces the file, so either changes."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns
 
 
 def resolve_path(path: str | Path) -> Path:

@@ -28,7 +28,7 @@ import torch
 import yaml
 from tqdm import tqdm
 
-from distrec import checkpoint, config, counters, outputs, parallel, preemption
+from distrec import checkpoint, config, counters, outputs, parallel, preemption, rundir
 from distrec.data import DataError
 from distrec.data.batches import num_batches
 from distrec.embeddings import check_optimizer_device
@@ -110,19 +110,59 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def train(cfg: config.Config, env: parallel.DistEnv) -> dict:
+    """One run in `cfg.run_dir`: take its lock, write into a live attempt directory, publish
+    the results when the run succeeds (distrec.rundir). A run stopped by an input or
+    training error keeps its files in attempts/failed-<time> and leaves earlier results alone."""
     config.check_world(cfg, env.world_size, env.device)  # batch vs ranks, device, run_dir, files: before any data
     start = time.perf_counter()
     run_dir = Path(cfg.run_dir)
-    log = print if env.is_main else (lambda *a, **k: None)
     check_optimizer_device(cfg.train, env.device)
-    resuming = prepare_resume(cfg, env)
+    _agree(env, lambda: rundir.acquire(run_dir))  # every rank stops if the run_dir is in use
+    try:
+        resuming = prepare_resume(cfg, env)
+        out = rundir.begin(run_dir, resuming) if env.is_main else run_dir / rundir.LIVE
+        try:
+            result = _run(cfg, env, out, resuming, start)
+        except (config.ConfigError, DataError, FloatingPointError) as err:
+            # The run cannot succeed as configured: shelve its files (a restart would not
+            # help). Other exceptions leave the live attempt for a restarted worker to resume.
+            if not env.is_main or not out.exists():
+                raise
+            where = rundir.shelve(run_dir)
+            raise type(err)(f"{err} (this run's files: {where}; earlier results in {run_dir} are untouched)") from None
+        if env.is_main:
+            rundir.publish(run_dir)
+            if (run_dir / "checkpoint").is_dir():  # `train.resume=auto` starts the next run afresh
+                (run_dir / "checkpoint" / FINISHED).touch()
+        return result
+    finally:
+        if env.is_main:
+            rundir.release(run_dir)
+
+
+def _agree(env: parallel.DistEnv, step) -> None:
+    """Run `step` on rank 0; if it raises ConfigError, every rank raises one (rank 0's says why)."""
+    error = None
     if env.is_main:
-        outputs.write_config(run_dir, config.to_dict(cfg))
-        if not resuming:
-            (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+        try:
+            step()
+        except config.ConfigError as err:
+            error = err
+    failed = parallel.all_reduce_max(torch.tensor([float(error is not None)]), env)
+    if error is not None:
+        raise error
+    if failed[0] > 0:
+        raise config.ConfigError("rank 0 refused the run (its error says why)")
+
+
+def _run(cfg: config.Config, env: parallel.DistEnv, out: Path, resuming: bool, start: float) -> dict:
+    """Data, training, the test and the outputs, written into `out` (the live attempt)."""
+    log = print if env.is_main else (lambda *a, **k: None)
+    if env.is_main:
+        outputs.write_config(out, config.to_dict(cfg))
 
     # Data: every rank reads the same files deterministically; rank 0 writes the Parquet copy.
-    data_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else run_dir / "data"
+    data_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else out / "data"
     t0 = time.perf_counter()
     work = build_workload(cfg, env, data_dir if env.is_main else None)
     # Where the wall time goes, for metrics.json: reading / generating data, training steps,
@@ -135,14 +175,14 @@ def train(cfg: config.Config, env: parallel.DistEnv) -> dict:
     phase = "select" if work.has_valid else "train"
     if not work.has_valid:
         log("no validation split: no early stopping or refit; the last epoch is tested")
-    model, best, spent = fit(cfg, env, work, cfg.train.epochs, phase=phase, start=start, resuming=resuming)
+    model, best, spent = fit(cfg, env, work, cfg.train.epochs, phase=phase, start=start, resuming=resuming, out=out)
     seconds["train"], seconds["valid"] = spent
     if cfg.train.refit and work.has_valid and work.refit is not None:
         # A fresh model on train + validation for the selected number of epochs, so the tested
         # model has seen all training data (the validation split only chose the epoch count).
         phase = "refit"
         work = work.refit()
-        model, _, spent = fit(cfg, env, work, best["epoch"], phase=phase, start=start)
+        model, _, spent = fit(cfg, env, work, best["epoch"], phase=phase, start=start, out=out)
         seconds["train"] += spent[0]
         seconds["valid"] += spent[1]
 
@@ -156,15 +196,13 @@ def train(cfg: config.Config, env: parallel.DistEnv) -> dict:
     users = gather_table(tables.users, work.num_users, env) if work.num_users else None
     items = gather_table(tables.items, work.num_items, env)
     if env.is_main:
-        outputs.write_json(run_dir / "metrics.json", result)
-        if (run_dir / "checkpoint").is_dir():  # `train.resume=auto` starts the next run afresh
-            (run_dir / "checkpoint" / FINISHED).touch()
-        outputs.export_embeddings(run_dir, users, items, work.user_raw, work.item_raw, model.module)
+        outputs.export_embeddings(out, users, items, work.user_raw, work.item_raw, model.module)
+        outputs.write_json(out / "metrics.json", result)
         which = {"select": "the best validation epoch", "refit": "the refit model", "train": "the last epoch"}[phase]
         _print_table(test, which)
         log(f"best epoch {best['epoch']}; {seconds['train']:.1f} s training, {seconds['valid']:.1f} s validation, "
             f"{seconds['test']:.1f} s test, "
-            f"{time.perf_counter() - start:.1f} s in all; outputs in {run_dir}")
+            f"{time.perf_counter() - start:.1f} s in all; outputs in {cfg.run_dir}")
     return result
 
 
@@ -199,7 +237,7 @@ def fingerprint(cfg: config.Config, work: Workload) -> dict:
 
 
 def fit(cfg: config.Config, env: parallel.DistEnv, work: Workload, epochs: int, *, phase: str, start: float,
-        resuming: bool = False):
+        out: Path, resuming: bool = False):
     """Build a model and train it for up to `epochs` epochs; returns (model, best, (training
     seconds, evaluation seconds)).
 
@@ -229,7 +267,7 @@ def fit(cfg: config.Config, env: parallel.DistEnv, work: Workload, epochs: int, 
     at = {"epoch": 0, "batch": 0, "totals": None, "stopped": False}  # where the loop starts
     best_on_disk = False
     if resumable and resuming:
-        loop = _resume(cfg, env, work, model, dense_opts, best, select)
+        loop = _resume(cfg, env, work, model, dense_opts, best, select, out)
         at.update({k: loop[k] for k in at if k in loop})
         best_on_disk, seconds = checkpoint.complete(ckpt / "best"), loop["seconds"]
 
@@ -291,7 +329,7 @@ def fit(cfg: config.Config, env: parallel.DistEnv, work: Workload, epochs: int, 
             eval_seconds += record["eval_seconds"]
             record["elapsed_seconds"] = time.perf_counter() - start
             if env.is_main:
-                outputs.append_metrics(Path(cfg.run_dir), record)
+                outputs.append_metrics(out, record)
             improved = select and record["valid"][dim][metric] > best["score"]
             if improved:
                 best.update(score=record["valid"][dim][metric], epoch=epoch, valid=record["valid"],
@@ -318,7 +356,7 @@ def fit(cfg: config.Config, env: parallel.DistEnv, work: Workload, epochs: int, 
     return model, best, (seconds, eval_seconds)
 
 
-def _resume(cfg, env, work, model, dense_opts, best: dict, select: bool) -> dict:
+def _resume(cfg, env, work, model, dense_opts, best: dict, select: bool, out: Path) -> dict:
     """Load checkpoint/last (and /best) into the model; returns the saved loop state."""
     log = print if env.is_main else (lambda *a, **k: None)
     ckpt = Path(cfg.run_dir) / "checkpoint"
@@ -335,8 +373,8 @@ def _resume(cfg, env, work, model, dense_opts, best: dict, select: bool) -> dict
     if changes:
         log("resumed with changed settings (recorded in resumes.jsonl): " + "; ".join(changes))
     if env.is_main:
-        outputs.truncate_metrics(Path(cfg.run_dir), loop["epoch"])
-        outputs.append_record(Path(cfg.run_dir) / "resumes.jsonl", {
+        outputs.truncate_metrics(out, loop["epoch"])
+        outputs.append_record(out / "resumes.jsonl", {
             "after_epoch": loop["epoch"], "batch": loop.get("batch", 0), "changes": changes,
             "world_size": env.world_size, "time": time.time()})
     return loop

@@ -48,7 +48,9 @@ def children(pid: int) -> list[int]:
 
 
 def logged_epochs(run: Path) -> list[int]:
-    path = run / "metrics.jsonl"
+    """Epochs in metrics.jsonl: the live attempt's while the job runs, the published one after."""
+    live = run / "attempts" / "live" / "metrics.jsonl"
+    path = live if live.exists() else run / "metrics.jsonl"
     if not path.exists():
         return []
     return [json.loads(line)["epoch"] for line in path.read_text().splitlines() if line.strip()]
