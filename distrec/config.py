@@ -403,6 +403,24 @@ def _check_choice(key: str, value: str) -> None:
         raise ConfigError(f"{key} must be one of {', '.join(choices)}; got {value!r}")
 
 
+FILE_RELATIVE_KEYS = ("train", "test", "cache_dir")  # under data: paths that a config file gives relative to itself
+
+
+def _resolve_data_paths(raw: dict[str, Any], base: Path, only: set[str] | None = None) -> None:
+    """A config file's relative data paths point from the file's own directory, so a config
+    works from any working directory (`configs/x.yaml` says `../../shared/data/...`). Paths
+    given as overrides stay relative to the working directory, as on any command line."""
+    data = raw.get("data")
+    if not isinstance(data, dict):
+        return
+    for key in FILE_RELATIVE_KEYS:
+        if only is not None and key not in only:
+            continue
+        value = data.get(key)
+        if isinstance(value, str) and value and not Path(value).expanduser().is_absolute():
+            data[key] = str((base / value).resolve())
+
+
 def load(path: str | Path | None, overrides: list[str] = (), *, check_unused: bool = True) -> Config:
     """Read a YAML config (or the defaults when `path` is None) and apply `a.b=value` overrides.
 
@@ -423,6 +441,7 @@ def load(path: str | Path | None, overrides: list[str] = (), *, check_unused: bo
                               f"sections indented under their name") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: top level must be a mapping")
+        _resolve_data_paths(raw, path.resolve().parent)
     file_keys = _leaf_keys(raw)
     override_keys: set[str] = set()
     for item in overrides:
@@ -444,6 +463,10 @@ def load(path: str | Path | None, overrides: list[str] = (), *, check_unused: bo
                               f"lists are written [a, b], strings need no quotes") from None
         node[parts[-1]] = value
         override_keys |= _leaf_keys({key: value}) if isinstance(value, dict) else {key}
+    # Override paths are the working directory's; stored absolute, so config.yaml reloads anywhere.
+    data_overrides = {k.partition(".")[2] for k in override_keys if k.startswith("data.")}
+    if data_overrides:
+        _resolve_data_paths(raw, Path.cwd(), only=data_overrides)
     cfg = build(Config, raw, prefix="")
     if check_unused:
         _check_unused(cfg, file_keys - override_keys, override_keys)

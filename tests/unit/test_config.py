@@ -248,3 +248,16 @@ def test_the_search_leaves_out_keys_a_point_does_not_read():
     kept = search._applicable(point, ROOT / "configs" / "mrl4rec_phones.yaml", search.FORCED)
     assert kept == {"train.sampler": "uniform", "train.lr": 0.1}
     config.load(ROOT / "configs" / "mrl4rec_phones.yaml", [*search.FORCED, "train.sampler=uniform", "train.lr=0.1"])
+
+
+def test_a_config_files_data_paths_start_from_the_file_and_overrides_from_the_working_directory(tmp_path, monkeypatch):
+    (tmp_path / "cfgs").mkdir()
+    (tmp_path / "cfgs" / "c.yaml").write_text("data:\n  format: user_lines\n  train: ../d/train.txt\n  test: /abs/test.txt\n")
+    monkeypatch.chdir(tmp_path / "cfgs")  # anywhere but the file's directory's parent
+    cfg = config.load(tmp_path / "cfgs" / "c.yaml")
+    assert cfg.data.train == str(tmp_path / "d" / "train.txt") and cfg.data.test == "/abs/test.txt"
+    cfg = config.load(tmp_path / "cfgs" / "c.yaml", ["data.test=t.txt"])
+    assert cfg.data.test == str(tmp_path / "cfgs" / "t.txt") and cfg.data.train == str(tmp_path / "d" / "train.txt")
+    # The shipped configs name ../../shared/data from configs/: the same files from any directory.
+    phones = config.load(ROOT / "configs" / "mrl4rec_phones.yaml")
+    assert phones.data.train == str((ROOT.parent / "shared" / "data" / "amazon-phones" / "train.txt").resolve())
