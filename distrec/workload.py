@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import json
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -87,7 +89,7 @@ def shard_task(task: nn.Module, tables: Tables, cfg: Config, env: parallel.DistE
 
 def build_workload(cfg: Config, env: parallel.DistEnv, data_dir: Path | None) -> Workload:
     if cfg.model.task == "multi_interest":
-        return multi_interest_workload(cfg, env)
+        return multi_interest_workload(cfg, env, data_dir)
     data = load_dataset(cfg.data, out_dir=data_dir, drop_cold_test_users=cfg.data.cold_test_users == "drop")
     return mrl4rec_workload(cfg, env, data)
 
@@ -144,8 +146,13 @@ def _refit_workload(cfg: Config, env: parallel.DistEnv, data: InteractionData, c
     return merged
 
 
-def multi_interest_workload(cfg: Config, env: parallel.DistEnv) -> Workload:
-    data: SequenceData = load_sequences(cfg.data)
+def multi_interest_workload(cfg: Config, env: parallel.DistEnv, data_dir: Path | None = None) -> Workload:
+    # Warnings (weak data) on rank 0 only, in the log and in data/report.json like the MF task's.
+    warn = (lambda w: print(f"warning: {w}", file=sys.stderr)) if env.is_main else None
+    data: SequenceData = load_sequences(cfg.data, warn=warn)
+    if data_dir is not None:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        (data_dir / "report.json").write_text(json.dumps(data.report, indent=2, default=int) + "\n")
     max_len = cfg.data.sequence.max_len
     sampler = NegativeSampler(data, cfg.train.neg_distribution)
     splits = {split: data.eval_split(split) for split in ("valid", "test")}

@@ -187,6 +187,8 @@ def test_resume_from_a_checkpoint_equals_an_uninterrupted_run(world_size, task, 
         np.testing.assert_allclose(b[name], a[name], atol=1e-5)
     epochs = [json.loads(line)["epoch"] for line in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
     assert epochs == [1, 2, 3, 4]  # the log continues, nothing lost or repeated
+    report = json.loads((tmp_path / "resumed" / "data" / "report.json").read_text())  # both tasks publish one
+    assert isinstance(report.get("warnings", []), list) and report
 
 
 def test_books_config_trains_on_a_small_preset_with_sampled_validation(tmp_path):
