@@ -284,6 +284,7 @@ def _finish(
     )
 
 
+MIN_UNTESTABLE_ERROR = 10  # test pairs: from this many on, all of them on untrained items is an error
 MIN_TEST_USERS = 100  # fewer: recall@K moves by several points with one user; warned about
 LARGE_SHARE = 0.1  # a filter or an untestable group at least this large is warned about
 UNTESTABLE_SHARE = 0.01  # test pairs on untrained items: every real data set has a few (ml-100k 0.2%)
@@ -334,9 +335,14 @@ def _check_splits(cfg: DataConfig, report: dict, split_keys: dict[str, np.ndarra
         warnings.append(f"only {test_users} test users (under {MIN_TEST_USERS}): one user moves recall@K by "
                         f"{100 / test_users:.1f} points, so compare runs with care")
     untestable = int(np.count_nonzero(~test_trained))
-    if untestable == test.size:  # an error would be as fair, but unit tests of parsing use such tiny data
+    if untestable == test.size and test.size < MIN_UNTESTABLE_ERROR:
+        # A handful of pairs (hand-made examples, parser checks): said, not refused.
         warnings.append(f"no test pair has an item seen in training ({untestable} test pairs): a model can only rank "
                         f"them at random, so the test metrics say nothing about it")
+    elif untestable == test.size:
+        raise DataError(f"{_source_key(cfg)}: no test pair has an item seen in training ({untestable} test pairs): a "
+                        f"model can only rank them at random, so the test metrics would say nothing; test on items "
+                        f"that also appear in the training data")
     elif untestable >= UNTESTABLE_SHARE * test.size:
         warnings.append(f"{untestable} of {test.size} test pairs ({untestable / test.size:.1%}) are on items with no "
                         f"training pair: no model learns those items, so these pairs are almost never hit")

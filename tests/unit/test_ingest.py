@@ -134,7 +134,8 @@ DELIMS = {"tab": "\t", "comma": ",", "pipe": "|", "space": " "}
 
 
 def make_log(rng: random.Random, delim: str, num_cols: int, header: bool, n: int = 200) -> tuple[str, list]:
-    rows = [(rng.randrange(1, 40), rng.randrange(1, 10**7)) for _ in range(n)]
+    items = [rng.randrange(1, 10**7) for _ in range(25)]  # large raw ids, each used by several users
+    rows = list(dict.fromkeys((rng.randrange(1, 40), rng.choice(items)) for _ in range(n)))
     rows += rows[:15]  # duplicates
     lines = ["user|item|rating|timestamp".replace("|", delim).split(delim)[:num_cols]] if header else []
     lines = [delim.join(h) for h in lines]

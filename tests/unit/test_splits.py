@@ -280,3 +280,16 @@ def test_warnings_go_to_the_report_and_to_warn(tmp_path):
     assert report["warnings"] == data.report["warnings"] == seen and len(seen) == 2
     assert seen[0].startswith("only 4 test users") and seen[1].startswith("1 of 4 test pairs (25.0%)")
     assert all("\n" not in line for line in seen)
+
+
+def test_a_test_file_of_items_never_trained_on_is_refused(tmp_path):
+    # Every test item unseen in training: the item rows stay at their random start, and the
+    # metrics would measure chance. From 10 test pairs on, that is an error, not a warning.
+    (tmp_path / "train.txt").write_text("".join(f"{u} {u % 5} {u % 5 + 5}\n" for u in range(20)))
+    (tmp_path / "test.txt").write_text("".join(f"{u} {100 + u}\n" for u in range(20)))
+    cfg = DataConfig(format="user_lines", train=str(tmp_path / "train.txt"), test=str(tmp_path / "test.txt"), valid_fraction=0.0)
+    with pytest.raises(DataError, match="no test pair has an item seen in training \\(20 test pairs\\)"):
+        load_dataset(cfg)
+    (tmp_path / "test.txt").write_text("".join(f"{u} {100 + u}\n" for u in range(5)))  # a handful: warned about
+    data = load_dataset(cfg)
+    assert any("no test pair has an item seen in training" in w for w in data.report["warnings"])
