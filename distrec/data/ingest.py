@@ -114,6 +114,9 @@ _INT = re.compile(r"\d+")
 _NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 
+UTF8_BOM = b"\xef\xbb\xbf"
+
+
 def read_file(path: str | Path, key: str) -> bytes:
     """The bytes of `path`; `key` is the config key that named it, for the error message."""
     path = Path(path)
@@ -123,6 +126,8 @@ def read_file(path: str | Path, key: str) -> bytes:
         data = path.read_bytes()
     except OSError as err:
         raise DataError(f"{path}: cannot be read ({err.strerror}) (set by {key})") from None
+    if data.startswith(UTF8_BOM):  # Windows editors start UTF-8 files with one; it is not part of the first id
+        data = data[len(UTF8_BOM):]
     return _bare_cr_to_lf(data)
 
 

@@ -275,3 +275,17 @@ def test_missing_files_name_file_and_key(tmp_path):
     train = write(tmp_path, "train.txt", "1 2\n")
     with pytest.raises(DataError, match=r"gone\.txt: no such file \(set by data\.test\)"):
         load_dataset(DataConfig(format="user_lines", train=train, test=str(tmp_path / "gone.txt")))
+
+
+def test_a_utf8_byte_order_mark_is_not_part_of_the_first_id(tmp_path):
+    # Windows editors write one at the start of UTF-8 files.
+    plain, bom = tmp_path / "plain.txt", tmp_path / "bom.txt"
+    plain.write_bytes(b"0 1 2 3\r\n1 2 3 4\r\n")
+    bom.write_bytes(b"\xef\xbb\xbf" + plain.read_bytes())
+    a, b = ingest.read_user_lines(plain, "data.train"), ingest.read_user_lines(bom, "data.train")
+    assert a.users.tolist() == b.users.tolist() == [0, 0, 0, 1, 1, 1] and a.items.tolist() == b.items.tolist()
+    log_plain, log_bom = tmp_path / "plain.csv", tmp_path / "bom.csv"
+    log_plain.write_bytes(b"user,item\r\n5,6\r\n7,8\r\n")
+    log_bom.write_bytes(b"\xef\xbb\xbf" + log_plain.read_bytes())
+    a, b = ingest.read_log(log_plain, "data.train"), ingest.read_log(log_bom, "data.train")
+    assert a.users.tolist() == b.users.tolist() == [5, 7] and a.items.tolist() == b.items.tolist() == [6, 8]
