@@ -397,3 +397,21 @@ def test_train_end_to_end_string_ids_in_parquet_and_inter_match_integer_log(tmp_
         assert user_ids.tolist() == user_strings(int_ids).tolist()  # row k of user_embeddings is user_ids[k]
         assert item_ids.tolist() == item_strings(np.load(emb["log"] / "item_ids.npy")).tolist()
         assert np.array_equal(np.load(emb[name] / "user_embeddings.npy"), np.load(emb["log"] / "user_embeddings.npy"))
+
+
+@pytest.mark.slow  # two REMI training processes
+def test_multi_interest_trains_on_string_ids_from_parquet_like_on_the_integer_log(tmp_path, pool):
+    users, items, times = pool["users"], pool["items"], pool["times"]
+    order = np.lexsort((times, users))  # the log is time-ordered in file order; Parquet is sorted by its column
+    log = write_log(tmp_path / "log.txt", users[order], items[order], sep=" ")
+    parquet = write_parquet(tmp_path / "p.parquet", {"user": user_strings(users), "item": item_strings(items), "ts": times})
+    common = ["model.task=multi_interest", "train.loss=softmax", "train.batch_size=64"]
+    runs = {
+        "log": run_train(tmp_path / "log", "data.format=log", f"data.train={log}", *common),
+        "parquet": run_train(tmp_path / "parquet", "data.format=parquet", f"data.train={parquet}",
+                             "data.columns.timestamp=ts", *common),
+    }
+    assert runs["parquet"]["test"] == runs["log"]["test"] and runs["log"]["test"]["16"]["recall@20"] > 0
+    item_ids = np.load(tmp_path / "parquet" / "embeddings" / "item_ids.npy")
+    assert item_ids.dtype.kind == "U"
+    assert item_ids.tolist() == item_strings(np.load(tmp_path / "log" / "embeddings" / "item_ids.npy")).tolist()
