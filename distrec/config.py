@@ -698,18 +698,28 @@ def check_world(cfg: Config, world_size: int, device: Any) -> None:
     if cfg.train.batch_size < world_size:
         raise ConfigError(f"train.batch_size={cfg.train.batch_size} is the global batch, split over {world_size} "
                           f"ranks: it must be at least the world size; set train.batch_size >= {world_size}")
-    if kind != "cuda" and cfg.model.collection == "bag":
-        for field in ("user_sharding", "item_sharding") if cfg.model.task == "mrl4rec" else ("item_sharding",):
-            if getattr(cfg.model, field) == "row_wise":
-                # TorchRec's planner would stop with "No available sharding type and compute kernel
-                # combination": its EmbeddingBagCollection has row-wise kernels on GPUs only.
-                raise ConfigError(f"model.{field}=row_wise needs a GPU with model.collection=bag; on CPU use "
-                                  f"model.collection=sequence, or table_wise / column_wise")
+    if cfg.train.optimizer == "adam" and kind != "cuda":
+        raise ConfigError("train.optimizer=adam needs a GPU: fbgemm's fused Adam is not supported in CPU mode; "
+                          "use train.optimizer=row_wise_adagrad (the CPU default) or adagrad")
+    check_sharding_device(cfg.model, kind, ("user_sharding", "item_sharding") if cfg.model.task == "mrl4rec" else ("item_sharding",))
     for key in ("data.train", "data.test"):
         path = get(cfg, key)
         if path is not None and cfg.data.format != "synthetic" and not Path(path).exists():
             raise ConfigError(f"{key}={path}: no such file or directory")
     check_run_dir(cfg.run_dir)
+
+
+def check_sharding_device(cfg: ModelConfig, device_type: str, fields: tuple[str, ...]) -> None:
+    """Row-wise sharding of a bag collection needs a GPU. `fields`: the ModelConfig sharding
+    fields of the tables this run has (check_world; parallel.shard for callers outside train)."""
+    if device_type == "cuda" or cfg.collection != "bag":
+        return
+    for field in fields:
+        if getattr(cfg, field) == "row_wise":
+            # TorchRec's planner would stop with "No available sharding type and compute kernel
+            # combination": its EmbeddingBagCollection has row-wise kernels on GPUs only.
+            raise ConfigError(f"model.{field}=row_wise needs a GPU with model.collection=bag; on CPU use "
+                              f"model.collection=sequence, or table_wise / column_wise")
 
 
 def check_run_dir(run_dir: str) -> None:

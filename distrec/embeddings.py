@@ -24,7 +24,7 @@ from torchrec.optim.optimizers import in_backward_optimizer_filter
 from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor
 
 from distrec import counters
-from distrec.config import ConfigError, ModelConfig, TrainConfig
+from distrec.config import ModelConfig, TrainConfig
 
 USER, ITEM = "user", "item"
 TABLE_SHARDING_FIELDS = {USER: "user_sharding", ITEM: "item_sharding"}
@@ -159,7 +159,7 @@ def attach_fused_optimizer(tables: Tables, train_cfg: TrainConfig, model_cfg: Mo
 
     Must run before sharding. Data-parallel tables are replicated dense tensors that the fused
     kernel does not own: `dense_optimizer` steps them instead. On CPU fbgemm has exact SGD,
-    Adagrad and row-wise Adagrad but no Adam (GPU only); `check_optimizer_device` says so first.
+    Adagrad and row-wise Adagrad but no Adam (GPU only); `config.check_world` says so first.
     """
     for name, collection in ((USER, tables.user_table), (ITEM, tables.item_table)):
         if collection is not None and getattr(model_cfg, TABLE_SHARDING_FIELDS[name]) != "data_parallel":
@@ -184,11 +184,3 @@ def dense_optimizers(model: nn.Module, cfg: TrainConfig) -> list[torch.optim.Opt
     if towers:
         out.append(_DENSE_OPTIMIZERS[cfg.dense_optimizer](towers, lr=cfg.dense_lr))
     return out
-
-
-def check_optimizer_device(cfg: TrainConfig, device: torch.device) -> None:
-    if cfg.optimizer == "adam" and device.type != "cuda":
-        raise ConfigError(
-            "train.optimizer=adam needs a GPU: fbgemm's fused Adam is not supported in CPU mode; "
-            "use train.optimizer=row_wise_adagrad (the CPU default) or adagrad"
-        )

@@ -22,7 +22,7 @@ from torchrec.distributed.model_parallel import DistributedModelParallel
 from torchrec.distributed.planner import EmbeddingShardingPlanner, ParameterConstraints, Topology
 from torchrec.distributed.types import ShardingType
 
-from distrec.config import ConfigError, ModelConfig
+from distrec.config import ConfigError, ModelConfig, check_sharding_device
 
 # The fused (fbgemm) kernel is the only one that keeps no dense copy and applies the optimizer
 # inside the backward pass; data_parallel tables need the dense kernel by construction.
@@ -125,11 +125,7 @@ def shard(model: nn.Module, env: DistEnv, cfg: ModelConfig, table_names: dict[st
     constraints = {}
     for table, field in table_names.items():
         kind = getattr(cfg, field)
-        if kind == "row_wise" and cfg.collection == "bag" and env.device.type != "cuda":
-            # TorchRec's planner would stop with "No available sharding type and compute kernel
-            # combination": its EmbeddingBagCollection has row-wise kernels on GPUs only.
-            raise ConfigError(f"model.{field}=row_wise needs a GPU with model.collection=bag; on CPU use "
-                              f"model.collection=sequence, or table_wise / column_wise")
+        check_sharding_device(cfg, env.device.type, (field,))
         constraints[table] = ParameterConstraints(
             sharding_types=[ShardingType[kind.upper()].value],
             compute_kernels=[_DENSE if kind == "data_parallel" else _FUSED],

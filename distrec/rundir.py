@@ -83,11 +83,11 @@ def begin(run_dir: Path, resuming: bool) -> Path:
 def shelve(run_dir: Path) -> Path:
     """Move the live attempt aside as attempts/failed-<UTC time>; returns where it went."""
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
-    dest = run_dir / "attempts" / f"failed-{stamp}"
+    dest = run_dir / LIVE.parent / f"failed-{stamp}"
     n = 1
     while dest.exists():
         n += 1
-        dest = run_dir / "attempts" / f"failed-{stamp}-{n}"
+        dest = run_dir / LIVE.parent / f"failed-{stamp}-{n}"
     (run_dir / LIVE).rename(dest)
     return dest
 

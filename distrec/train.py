@@ -31,7 +31,6 @@ from tqdm import tqdm
 from distrec import checkpoint, config, counters, outputs, parallel, preemption, rundir
 from distrec.data import DataError
 from distrec.data.batches import num_batches
-from distrec.embeddings import check_optimizer_device
 from distrec.evaluate import gather_table
 from distrec.workload import Workload, build_workload
 
@@ -113,10 +112,9 @@ def train(cfg: config.Config, env: parallel.DistEnv) -> dict:
     """One run in `cfg.run_dir`: take its lock, write into a live attempt directory, publish
     the results when the run succeeds (distrec.rundir). A run stopped by an input or
     training error keeps its files in attempts/failed-<time> and leaves earlier results alone."""
-    config.check_world(cfg, env.world_size, env.device)  # batch vs ranks, device, run_dir, files: before any data
+    config.check_world(cfg, env.world_size, env.device)  # batch vs ranks, device, optimizer, run_dir, files: before any data
     start = time.perf_counter()
     run_dir = Path(cfg.run_dir)
-    check_optimizer_device(cfg.train, env.device)
     _agree(env, lambda: rundir.acquire(run_dir))  # every rank stops if the run_dir is in use
     try:
         resuming = prepare_resume(cfg, env)
@@ -289,21 +287,21 @@ def fit(cfg: config.Config, env: parallel.DistEnv, work: Workload, epochs: int, 
 
     pending = False  # a step or time interval that ended with an epoch's last step
 
+    def preempted(where: str) -> preemption.Preempted:
+        return preemption.Preempted(f"preempted (SIGTERM) {where}; " + (
+            "checkpoint written, the same command resumes" if resumable else "the refit restarts from its start"))
+
     def after_step(epoch: int, done: int, totals: torch.Tensor) -> None:
         nonlocal pending
         reason = schedule.after_step((epoch - 1) * steps + done)
-        if reason == "interval" and resumable:
-            if done == steps:
-                pending = True  # the epoch's own checkpoint, after its evaluation, covers it
-            else:
+        if reason == "interval" and resumable and done == steps:
+            pending = True  # the epoch's own checkpoint, after its evaluation, covers it
+        elif reason == "preempt" or (reason == "interval" and resumable):
+            if resumable:  # mid-epoch: the epoch's loss so far, summed over ranks, travels along
                 write(epoch - 1, done, parallel.all_reduce_sum(totals.clone(), env).tolist())
-                log(f"checkpoint: epoch {epoch}, {done}/{steps} batches")
-        elif reason == "preempt":
-            if resumable:
-                write(epoch - 1, done, parallel.all_reduce_sum(totals.clone(), env).tolist())
-            raise preemption.Preempted(f"preempted (SIGTERM) at epoch {epoch}, batch {done}/{steps}; "
-                                       + ("checkpoint written, the same command resumes" if resumable else
-                                          "the refit restarts from its start"))
+            if reason == "preempt":
+                raise preempted(f"at epoch {epoch}, batch {done}/{steps}")
+            log(f"checkpoint: epoch {epoch}, {done}/{steps} batches")
 
     for epoch in range(at["epoch"] + 1, epochs + 1):
         if at["stopped"]:
@@ -346,8 +344,7 @@ def fit(cfg: config.Config, env: parallel.DistEnv, work: Workload, epochs: int, 
         if resumable and (reason or (stop and schedule.enabled)):
             write(epoch, stopped=stop)  # a resumed early-stopped run does not train on
         if reason == "preempt":
-            raise preemption.Preempted(f"preempted (SIGTERM) after epoch {epoch}; " + (
-                "checkpoint written, the same command resumes" if resumable else "the refit restarts from its start"))
+            raise preempted(f"after epoch {epoch}")
         if stop:
             log(f"early stop: no better validation {metric} since epoch {best['epoch']}")
             break

@@ -28,6 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from distrec import rundir
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["data.synthetic.preset=tiny", "train.batch_size=32", "model.dim=16", "model.levels=[4,8,16]",
         "eval.ks=[5,20]", "eval.select_metric=recall@20", "eval.patience=100", "train.checkpoint_every=1", "progress=false"]
@@ -49,8 +51,7 @@ def children(pid: int) -> list[int]:
 
 def logged_epochs(run: Path) -> list[int]:
     """Epochs in metrics.jsonl: the live attempt's while the job runs, the published one after."""
-    live = run / "attempts" / "live" / "metrics.jsonl"
-    path = live if live.exists() else run / "metrics.jsonl"
+    path = rundir.live_file(run, "metrics.jsonl")
     if not path.exists():
         return []
     return [json.loads(line)["epoch"] for line in path.read_text().splitlines() if line.strip()]
