@@ -12,7 +12,6 @@ import dataclasses
 import functools
 import hashlib
 import json
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from torch import nn
 from distrec import counters, evaluate, losses, parallel
 from distrec.config import Config
 from distrec.data import InteractionData, load_dataset
+from distrec.data.dataset import print_warning
 from distrec.data.batches import epoch_batches
 from distrec.data.sequences import SequenceData, history_windows, load_sequences
 from distrec.embeddings import TABLE_SHARDING_FIELDS, Tables, attach_fused_optimizer, dense_optimizers
@@ -148,7 +148,7 @@ def _refit_workload(cfg: Config, env: parallel.DistEnv, data: InteractionData, c
 
 def multi_interest_workload(cfg: Config, env: parallel.DistEnv, data_dir: Path | None = None) -> Workload:
     # Warnings (weak data) on rank 0 only, in the log and in data/report.json like the MF task's.
-    warn = (lambda w: print(f"warning: {w}", file=sys.stderr)) if env.is_main else None
+    warn = print_warning if env.is_main else None
     data: SequenceData = load_sequences(cfg.data, warn=warn)
     if data_dir is not None:
         data_dir.mkdir(parents=True, exist_ok=True)

@@ -28,7 +28,7 @@ import numpy as np
 
 from distrec.config import ConfigError, DataConfig
 from distrec.data import ingest
-from distrec.data.dataset import raw_ids, require_pairs, unique
+from distrec.data.dataset import MIN_TEST_USERS, raw_ids, require_pairs, unique
 from distrec.data.ingest import DataError
 
 CONFIG_KEY = "data.sequence"  # prefix of the sequence keys in messages
@@ -291,7 +291,6 @@ def load_sequences(data_cfg: DataConfig, *, warn: Callable[[str], None] | None =
     return data
 
 
-MIN_TEST_USERS = 100  # fewer: one user moves hit rate / recall@K by more than a point
 LARGE_SHARE = 0.1  # a dropped or untestable group at least this large is warned about
 
 
