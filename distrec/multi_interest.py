@@ -23,7 +23,7 @@ from distrec.data.batches import DeviceBatch, epoch_batches
 from distrec.data.sequences import SequenceData, history_windows
 from distrec.embeddings import Tables, lookup_padded
 from distrec.samplers import shared_negatives
-from distrec.towers import CapsuleRouter, SASRecEncoder, SelfAttentiveRouter
+from distrec.towers import build_router, router_spec
 
 
 @dataclasses.dataclass
@@ -40,18 +40,18 @@ class SeqBatch(DeviceBatch):
     catalogue: bool = False  # negs is every item in id order (the exact full softmax)
 
 
+def router_spec_of(model_cfg: ModelConfig, max_len: int) -> dict:
+    """The run's router as `towers.router_spec` describes it (also written to the manifest)."""
+    return router_spec(model_cfg.router, model_cfg.dim, model_cfg.num_interests, max_len,
+                       hidden_factor=model_cfg.hidden_factor, positional=model_cfg.positional,
+                       num_blocks=model_cfg.num_blocks, num_heads=model_cfg.num_heads, dropout=model_cfg.router_dropout)
+
+
 class MultiInterest(nn.Module):
     def __init__(self, tables: Tables, model_cfg: ModelConfig, train_cfg: TrainConfig, max_len: int):
         super().__init__()
         self.tables = tables
-        if model_cfg.router == "self_attentive":
-            self.router = SelfAttentiveRouter(
-                model_cfg.dim, model_cfg.num_interests, model_cfg.hidden_factor, max_len, model_cfg.positional, model_cfg.router_dropout
-            )
-        elif model_cfg.router == "sasrec":
-            self.router = SASRecEncoder(model_cfg.dim, max_len, model_cfg.num_blocks, model_cfg.num_heads, model_cfg.router_dropout)
-        else:
-            self.router = CapsuleRouter(model_cfg.dim, model_cfg.num_interests, max_len)
+        self.router = build_router(router_spec_of(model_cfg, max_len))
         self.levels = tuple(model_cfg.levels)
         self.weights = model_cfg.weights
         self.beta = train_cfg.ihn_beta

@@ -221,3 +221,30 @@ class SASRecEncoder(nn.Module):
         last = mask.sum(dim=1).clamp(min=1) - 1  # [B] column of the most recent real item
         rows = torch.arange(batch, device=h.device)
         return x[rows, last][:, None, :], weights[rows, last][:, None, :]
+
+
+def router_spec(kind: str, dim: int, num_interests: int, max_len: int, *, hidden_factor: int = 4, positional: bool = True,
+                num_blocks: int = 2, num_heads: int = 1, dropout: float = 0.0) -> dict:
+    """Everything that builds a router, as plain JSON values: what a run's manifest stores so
+    that serving rebuilds the tower from its weights alone (`build_router`)."""
+    spec = {"kind": kind, "dim": dim, "num_interests": num_interests, "max_len": max_len}
+    if kind == "self_attentive":
+        spec.update(hidden_factor=hidden_factor, positional=positional, dropout=dropout)
+    elif kind == "sasrec":
+        spec.update(num_blocks=num_blocks, num_heads=num_heads, dropout=dropout)
+    elif kind != "capsule":
+        raise ValueError(f"unknown router kind {kind!r}: self_attentive, capsule or sasrec")
+    return spec
+
+
+def build_router(spec: dict) -> nn.Module:
+    """The router a `router_spec` describes, freshly initialised (load its state dict next)."""
+    kind = spec["kind"]
+    if kind == "self_attentive":
+        return SelfAttentiveRouter(spec["dim"], spec["num_interests"], spec["hidden_factor"], spec["max_len"],
+                                   spec["positional"], spec["dropout"])
+    if kind == "sasrec":
+        return SASRecEncoder(spec["dim"], spec["max_len"], spec["num_blocks"], spec["num_heads"], spec["dropout"])
+    if kind == "capsule":
+        return CapsuleRouter(spec["dim"], spec["num_interests"], spec["max_len"])
+    raise ValueError(f"unknown router kind {kind!r}: self_attentive, capsule or sasrec")

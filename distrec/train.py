@@ -194,7 +194,12 @@ def _run(cfg: config.Config, env: parallel.DistEnv, out: Path, resuming: bool, s
     users = gather_table(tables.users, work.num_users, env) if work.num_users else None
     items = gather_table(tables.items, work.num_items, env)
     if env.is_main:
-        outputs.export_embeddings(out, users, items, work.user_raw, work.item_raw, model.module)
+        router = getattr(model.module, "router", None)
+        outputs.export_embeddings(
+            out, users, items, work.user_raw, work.item_raw, resolved=config.to_dict(cfg),
+            interactions=work.interactions() if work.interactions else None,
+            encoder=(work.encoder_spec, router.state_dict()) if work.encoder_spec is not None else None,
+            origin={"written_by": "train", "epoch": best["epoch"], "phase": phase})
         outputs.write_json(out / "metrics.json", result)
         which = {"select": "the best validation epoch", "refit": "the refit model", "train": "the last epoch"}[phase]
         _print_table(test, which)

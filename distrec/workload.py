@@ -24,10 +24,10 @@ from distrec.config import Config
 from distrec.data import InteractionData, load_dataset
 from distrec.data.dataset import print_warning
 from distrec.data.batches import epoch_batches
-from distrec.data.sequences import SequenceData, history_windows, load_sequences
+from distrec.data.sequences import SequenceData, history_windows, load_sequences, ranges
 from distrec.embeddings import TABLE_SHARDING_FIELDS, Tables, attach_fused_optimizer, dense_optimizers
 from distrec.model import Batch, MatryoshkaMF
-from distrec.multi_interest import MultiInterest, NegativeSampler, interest_encoder, sequence_batches
+from distrec.multi_interest import MultiInterest, NegativeSampler, interest_encoder, router_spec_of, sequence_batches
 from distrec.samplers import CandidateSampler, candidate_shape, shared_negatives
 
 Csr = tuple[np.ndarray, np.ndarray]
@@ -52,6 +52,10 @@ class Workload:
     # Digest of the training data (checkpoints refuse to resume on other data); computed on
     # first use, so runs that never checkpoint (and refits) do not hash the data.
     data_hash: Callable[[], str] = lambda: ""
+    # Serving exports: the run's interactions as table rows (columns of
+    # embeddings/interactions.parquet) and the user-side encoder, if any (towers.router_spec).
+    interactions: Callable[[], dict[str, np.ndarray]] | None = None
+    encoder_spec: dict | None = None
 
     @property
     def has_valid(self) -> bool:
@@ -136,13 +140,23 @@ def mrl4rec_workload(cfg: Config, env: parallel.DistEnv, data: InteractionData) 
         user_raw=data.user_raw, item_raw=data.item_raw,
         refit=lambda: _refit_workload(cfg, env, data, csr),
         data_hash=functools.cache(lambda: digest(data.train_users, data.train_items)),
+        interactions=lambda: _split_pairs(data),
     )
+
+
+def _split_pairs(data: InteractionData) -> dict[str, np.ndarray]:
+    """Every (user, item) pair with its split: 0 train, 1 validation, 2 test."""
+    splits = ("train", "valid", "test")
+    return {"user": np.concatenate([data.pairs(s)[0] for s in splits]),
+            "item": np.concatenate([data.pairs(s)[1] for s in splits]),
+            "split": np.concatenate([np.full(data.pairs(s)[0].size, code, np.int8) for code, s in enumerate(splits)])}
 
 
 def _refit_workload(cfg: Config, env: parallel.DistEnv, data: InteractionData, csr: dict) -> Workload:
     merged = mrl4rec_workload(cfg, env, data.merge_valid_into_train())
     # Test on the original splits: train and validation items are both masked.
     merged.eval_sets = {"valid": (csr["valid"], [csr["train"]]), "test": (csr["test"], [csr["train"], csr["valid"]])}
+    merged.interactions = lambda: _split_pairs(data)  # the exports keep the original splits
     return merged
 
 
@@ -186,6 +200,9 @@ def multi_interest_workload(cfg: Config, env: parallel.DistEnv, data_dir: Path |
         num_users=0, num_items=data.num_items, num_samples=len(users),
         build=build, batches=lambda epoch, start=0: sequence_batches(data, sampler, cfg, env, epoch, start),
         eval_sets=eval_sets, encoder=encoder, num_interests=cfg.model.num_interests, hitrate=True,
-        item_raw=data.item_raw, diagnostics=diagnostics,
+        user_raw=data.user_raw, item_raw=data.item_raw, diagnostics=diagnostics,
         data_hash=functools.cache(lambda: digest(data.seq_indptr, data.seq_items, data.train_users)),
+        interactions=lambda: {"user": np.repeat(np.arange(data.num_users), data.lengths), "item": data.seq_items,
+                              "position": ranges(data.lengths)},
+        encoder_spec=router_spec_of(cfg.model, max_len),
     )
