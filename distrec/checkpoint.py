@@ -29,6 +29,14 @@ from distrec.config import ConfigError
 FINGERPRINT_KEYS = ("task", "dim", "levels", "num_interests", "num_users", "num_items", "data")
 
 
+def fingerprint(cfg, work) -> dict:
+    """What a checkpoint's tables are shaped by (FINGERPRINT_KEYS), for a config and a
+    `workload.Workload` (training writes it into every checkpoint; resume and export check it)."""
+    return {"task": cfg.model.task, "dim": cfg.model.dim, "levels": list(cfg.model.levels),
+            "num_interests": cfg.model.num_interests, "num_users": work.num_users, "num_items": work.num_items,
+            "data": work.data_hash()}
+
+
 def _local_tensors(model: nn.Module) -> dict[str, list[torch.Tensor]]:
     out = {}
     for name, value in model.state_dict().items():

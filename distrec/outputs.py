@@ -57,14 +57,14 @@ def write_json(path: Path, obj: dict[str, Any]) -> None:
 
 def export_embeddings(run_dir: Path, users, items, user_raw, item_raw, *, resolved: dict[str, Any],
                       interactions: dict[str, np.ndarray] | None = None, encoder: tuple[dict, dict] | None = None,
-                      origin: dict | None = None) -> None:
-    """The serving bundle in `run_dir/embeddings`: full-dimension tables (`users` may be None: no
+                      origin: dict | None = None, out_dir: Path | None = None) -> None:
+    """The serving bundle in `run_dir/embeddings` (or `out_dir`): full-dimension tables (`users` may be None: no
     user table), their raw ids, the same as Parquet, the run's interactions, the router (multi-
     interest: (router_spec, state dict)) and `manifest.json`, written last (distrec.manifest).
     The first d columns are the model at level d.
 
     Raw ids are int64, or unicode strings (saved as `<U..`, which np.load reads without pickle)."""
-    out = run_dir / "embeddings"
+    out = Path(out_dir) if out_dir is not None else run_dir / "embeddings"
     out.mkdir(parents=True, exist_ok=True)
     (out / "manifest.json").unlink(missing_ok=True)  # a bundle without its manifest reads as incomplete
     arrays = {"user_embeddings": users, "item_embeddings": items, "user_ids": user_raw, "item_ids": item_raw}

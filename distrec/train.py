@@ -232,13 +232,6 @@ def prepare_resume(cfg: config.Config, env: parallel.DistEnv) -> bool:
     return found
 
 
-def fingerprint(cfg: config.Config, work: Workload) -> dict:
-    """What a checkpoint's tables are shaped by (checkpoint.FINGERPRINT_KEYS)."""
-    return {"task": cfg.model.task, "dim": cfg.model.dim, "levels": list(cfg.model.levels),
-            "num_interests": cfg.model.num_interests, "num_users": work.num_users, "num_items": work.num_items,
-            "data": work.data_hash()}
-
-
 def fit(cfg: config.Config, env: parallel.DistEnv, work: Workload, epochs: int, *, phase: str, start: float,
         out: Path, resuming: bool = False):
     """Build a model and train it for up to `epochs` epochs; returns (model, best, (training
@@ -278,7 +271,7 @@ def fit(cfg: config.Config, env: parallel.DistEnv, work: Workload, epochs: int, 
         """checkpoint/last at: `closed` epochs done and evaluated, `batch` batches of the next."""
         loop = {"epoch": closed, "batch": batch, "totals": totals, "stopped": stopped, "seconds": seconds,
                 "best": {k: v for k, v in best.items() if k != "snapshot"},
-                "fingerprint": fingerprint(cfg, work), "config": config.to_dict(cfg)}
+                "fingerprint": checkpoint.fingerprint(cfg, work), "config": config.to_dict(cfg)}
         nonlocal best_on_disk
         if select and best["snapshot"] is not None and not best_on_disk:
             # A preemption before any scheduled checkpoint: the best weights exist only in memory.
@@ -363,7 +356,7 @@ def _resume(cfg, env, work, model, dense_opts, best: dict, select: bool, out: Pa
     log = print if env.is_main else (lambda *a, **k: None)
     ckpt = Path(cfg.run_dir) / "checkpoint"
     saved = checkpoint.read_loop(ckpt / "last")
-    checkpoint.check_compatible(ckpt / "last", saved, fingerprint(cfg, work))  # before DCP reads any shard
+    checkpoint.check_compatible(ckpt / "last", saved, checkpoint.fingerprint(cfg, work))  # before DCP reads any shard
     if select and checkpoint.complete(ckpt / "best"):
         checkpoint.load(ckpt / "best", model, dense_opts)
         best["snapshot"] = checkpoint.snapshot(model)
