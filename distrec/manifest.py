@@ -105,4 +105,9 @@ def _from_config(directory: Path) -> dict[str, Any]:
             dropout=(0.2 if m["router"] == "sasrec" else 0.0) if dropout is None else dropout)}
     return build(resolved, num_users=0 if users is None else users.shape[0], num_items=items.shape[0],
                  has_user_table=has_users, has_user_ids=(directory / "user_ids.npy").is_file(),
-                 interactions=None, encoder=encoder, origin={"written_by": "train", "manifest": "from config.yaml"})
+                 interactions=_data_interactions(directory), encoder=encoder, origin={"written_by": "train", "manifest": "from config.yaml"})
+
+
+def _data_interactions(directory: Path) -> str | None:
+    """mrl4rec runs keep their interactions (user, item, split) in data/ beside embeddings/."""
+    return "../data/interactions.parquet" if (directory.parent / "data" / "interactions.parquet").is_file() else None

@@ -1,0 +1,75 @@
+"""Approximate top-K through faiss (the optional `ann` extra: `pip install distrec[ann]`).
+
+faiss is the standard library for this: inverted files and HNSW graphs over inner products,
+BLAS-backed, with CPU wheels on PyPI that need nothing beyond numpy; an index structure is
+not code to re-write here. `search` returns the same `topk.TopK` as the exact path: the index
+is built over the items' first `dim` dimensions, multi-interest queries search once per
+interest and keep each item's best score, and excluded items are dropped after the search
+(which asks for enough extra results to cover them). Imports: numpy, torch, faiss (lazily).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from distrec.topk import NONE, Csr, TopK, merge_best
+
+KINDS = ("ivf", "hnsw")
+
+
+class AnnUnavailable(ImportError):
+    pass
+
+
+def _faiss():
+    try:
+        import faiss
+    except ImportError:
+        raise AnnUnavailable("--ann needs faiss: pip install 'distrec[ann]' (faiss-cpu)") from None
+    return faiss
+
+
+def build(items: torch.Tensor, dim: int, kind: str = "ivf", clusters: int | None = None, probes: int | None = None,
+          seed: int = 0):
+    """A faiss index over `items[:, :dim]` (inner product). ivf: `clusters` lists (default
+    4 sqrt(n)), `probes` of them searched (default clusters / 8); hnsw: 32 links per node."""
+    faiss = _faiss()
+    x = np.ascontiguousarray(items[:, :dim].detach().cpu().numpy(), dtype=np.float32)
+    n = len(x)
+    if kind == "ivf":
+        c = max(1, min(n, clusters or int(4 * np.sqrt(n))))
+        quantizer = faiss.IndexFlatIP(dim)
+        index = faiss.IndexIVFFlat(quantizer, dim, c, faiss.METRIC_INNER_PRODUCT)
+        index.cp.seed = seed
+        index.train(x)
+        index.add(x)
+        index.nprobe = max(1, min(c, probes or max(1, c // 8)))
+    elif kind == "hnsw":
+        index = faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = 80
+        index.add(x)
+        index.hnsw.efSearch = max(64, probes or 64)
+    else:
+        raise ValueError(f"unknown --ann kind {kind!r}: {', '.join(KINDS)}")
+    return index
+
+
+def search(index, queries: torch.Tensor, dim: int, k: int, exclude: Csr | None = None) -> TopK:
+    """Top-`k` per query row from a `build` index; queries `[B, D]` or `[B, K, D]`."""
+    q = queries[:, None, :] if queries.dim() == 2 else queries
+    b, interests, _ = q.shape
+    extra = int(np.diff(exclude[0]).max()) if exclude is not None and b else 0
+    want = min(index.ntotal, k + extra)
+    x = np.ascontiguousarray(q[:, :, :dim].reshape(b * interests, dim).detach().cpu().numpy(), dtype=np.float32)
+    scores, ids = index.search(x, want)
+    scores = torch.as_tensor(scores).view(b, interests * want)
+    ids = torch.as_tensor(ids).view(b, interests * want)
+    scores = scores.masked_fill(ids < 0, -np.inf)
+    if exclude is not None and len(exclude[1]):
+        rows = np.repeat(np.arange(b), np.diff(exclude[0]))
+        key = torch.as_tensor(rows * index.ntotal + exclude[1])
+        drop = torch.isin(torch.arange(b)[:, None] * index.ntotal + ids, key)
+        scores = scores.masked_fill(drop, -np.inf)
+    ids = ids.masked_fill(~torch.isfinite(scores), NONE)
+    return merge_best(ids, scores, k)
