@@ -1,10 +1,10 @@
 """One run directory: one run at a time in it, and results only from runs that finished.
 
     <run_dir>/.lock                  held by rank 0 of the run in progress (pid, host, start)
-    <run_dir>/attempts/live/         where the run in progress writes: config.yaml,
-                                     metrics.jsonl, resumes.jsonl, data/, metrics.json, embeddings/
+    <run_dir>/attempts/live/         where the run in progress writes: config.yaml, metrics.jsonl,
+                                     resumes.jsonl, train.log, tb/, data/, metrics.json, embeddings/
     <run_dir>/attempts/failed-<UTC>/ a run that stopped with an error, kept for its files
-    <run_dir>/config.yaml, metrics.json, metrics.jsonl, resumes.jsonl, data/, embeddings/
+    <run_dir>/config.yaml, metrics.json, metrics.jsonl, resumes.jsonl, train.log, tb/, data/, embeddings/
                                      the last run that finished, published together
     <run_dir>/checkpoint/            resumable state, shared by the attempts (checkpoint.py)
 
@@ -28,7 +28,8 @@ from distrec.config import ConfigError
 
 LIVE = Path("attempts") / "live"
 LOCK = ".lock"
-PUBLISHED = ("config.yaml", "metrics.jsonl", "resumes.jsonl", "data", "embeddings")  # then metrics.json
+PUBLISHED = ("config.yaml", "metrics.jsonl", "resumes.jsonl", "train.log", "tb", "data", "embeddings")  # then metrics.json
+LOGS = ("metrics.jsonl", "resumes.jsonl", "train.log", "tb")  # what a resumed finished run goes on writing
 
 
 def acquire(run_dir: Path) -> None:
@@ -74,8 +75,10 @@ def begin(run_dir: Path, resuming: bool) -> Path:
     if not live.exists():
         live.mkdir(parents=True)
         if resuming:
-            for name in ("metrics.jsonl", "resumes.jsonl"):
-                if (run_dir / name).is_file():
+            for name in LOGS:
+                if (run_dir / name).is_dir():  # tb/: TensorBoard's event files
+                    shutil.copytree(run_dir / name, live / name)
+                elif (run_dir / name).is_file():
                     shutil.copyfile(run_dir / name, live / name)
     return live
 

@@ -19,6 +19,7 @@ if __package__ in (None, ""):
     # on the path instead of distrec/, whose module names must not shadow anything.
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
+import logging
 import math
 import os
 import shutil
@@ -28,7 +29,7 @@ import torch
 import yaml
 from tqdm import tqdm
 
-from distrec import checkpoint, config, counters, outputs, parallel, preemption, rundir
+from distrec import checkpoint, config, console, counters, monitor, outputs, parallel, preemption, rundir
 from distrec.data import DataError
 from distrec.data.batches import num_batches
 from distrec.evaluate import gather_table
@@ -36,6 +37,7 @@ from distrec.workload import Workload, build_workload
 
 USAGE = "usage: python -m distrec.train [--config configs/NAME.yaml] [--print-config] [key.sub=value ...]"
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+log = logging.getLogger(console.NAME)  # rank 0: stdout and train.log (console.start, in train())
 
 
 def help_text() -> str:
@@ -119,8 +121,10 @@ def train(cfg: config.Config, env: parallel.DistEnv) -> dict:
     try:
         resuming = prepare_resume(cfg, env)
         out = rundir.begin(run_dir, resuming) if env.is_main else run_dir / rundir.LIVE
+        console.start(env.rank, out / console.FILE if env.is_main else None)
+        scalars = monitor.Scalars(out / monitor.DIR if env.is_main else None)
         try:
-            result = _run(cfg, env, out, resuming, start)
+            result = _run(cfg, env, out, resuming, start, scalars)
         except (config.ConfigError, DataError, FloatingPointError) as err:
             # The run cannot succeed as configured: shelve its files (a restart would not
             # help). Other exceptions leave the live attempt for a restarted worker to resume.
@@ -128,6 +132,9 @@ def train(cfg: config.Config, env: parallel.DistEnv) -> dict:
                 raise
             where = rundir.shelve(run_dir)
             raise type(err)(f"{err} (this run's files: {where}; earlier results in {run_dir} are untouched)") from None
+        finally:  # train.log and the event files whole before publish moves them; no handler outlives the run
+            scalars.close()
+            console.stop()
         if env.is_main:
             rundir.publish(run_dir)
             if (run_dir / "checkpoint").is_dir():  # `train.resume=auto` starts the next run afresh
@@ -153,11 +160,12 @@ def _agree(env: parallel.DistEnv, step) -> None:
         raise config.ConfigError("rank 0 refused the run (its error says why)")
 
 
-def _run(cfg: config.Config, env: parallel.DistEnv, out: Path, resuming: bool, start: float) -> dict:
+def _run(cfg: config.Config, env: parallel.DistEnv, out: Path, resuming: bool, start: float,
+         scalars: monitor.Scalars) -> dict:
     """Data, training, the test and the outputs, written into `out` (the live attempt)."""
-    log = print if env.is_main else (lambda *a, **k: None)
     if env.is_main:
         outputs.write_config(out, config.to_dict(cfg))
+        log.info(scalars.where(Path(cfg.run_dir)))
 
     # Data: every rank reads the same files deterministically; rank 0 writes the Parquet copy.
     data_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else out / "data"
@@ -166,21 +174,22 @@ def _run(cfg: config.Config, env: parallel.DistEnv, out: Path, resuming: bool, s
     # Where the wall time goes, for metrics.json: reading / generating data, training steps,
     # evaluations during training (validation, and test when tracked), the final test.
     seconds = {"data": time.perf_counter() - t0, "train": 0.0, "valid": 0.0, "test": 0.0}
-    log(f"data: {work.summary}; world size {env.world_size}")
+    log.info(f"data: {work.summary}; world size {env.world_size}")
 
     # Train with early stopping on validation; keep the best epoch's weights. Without a
     # validation split (data.valid_fraction=0) every epoch runs and the last one is tested.
     phase = "select" if work.has_valid else "train"
     if not work.has_valid:
-        log("no validation split: no early stopping or refit; the last epoch is tested")
-    model, best, spent = fit(cfg, env, work, cfg.train.epochs, phase=phase, start=start, resuming=resuming, out=out)
+        log.info("no validation split: no early stopping or refit; the last epoch is tested")
+    model, best, spent = fit(cfg, env, work, cfg.train.epochs, phase=phase, start=start, resuming=resuming, out=out,
+                             scalars=scalars)
     seconds["train"], seconds["valid"] = spent
     if cfg.train.refit and work.has_valid and work.refit is not None:
         # A fresh model on train + validation for the selected number of epochs, so the tested
         # model has seen all training data (the validation split only chose the epoch count).
         phase = "refit"
         work = work.refit()
-        model, _, spent = fit(cfg, env, work, best["epoch"], phase=phase, start=start, out=out)
+        model, _, spent = fit(cfg, env, work, best["epoch"], phase=phase, start=start, out=out, scalars=scalars)
         seconds["train"] += spent[0]
         seconds["valid"] += spent[1]
 
@@ -203,9 +212,9 @@ def _run(cfg: config.Config, env: parallel.DistEnv, out: Path, resuming: bool, s
         outputs.write_json(out / "metrics.json", result)
         which = {"select": "the best validation epoch", "refit": "the refit model", "train": "the last epoch"}[phase]
         _print_table(test, which)
-        log(f"best epoch {best['epoch']}; {seconds['train']:.1f} s training, {seconds['valid']:.1f} s validation, "
-            f"{seconds['test']:.1f} s test, "
-            f"{time.perf_counter() - start:.1f} s in all; outputs in {cfg.run_dir}")
+        log.info(f"best epoch {best['epoch']}; {seconds['train']:.1f} s training, {seconds['valid']:.1f} s validation, "
+                 f"{seconds['test']:.1f} s test, "
+                 f"{time.perf_counter() - start:.1f} s in all; outputs in {cfg.run_dir}")
     return result
 
 
@@ -233,7 +242,7 @@ def prepare_resume(cfg: config.Config, env: parallel.DistEnv) -> bool:
 
 
 def fit(cfg: config.Config, env: parallel.DistEnv, work: Workload, epochs: int, *, phase: str, start: float,
-        out: Path, resuming: bool = False):
+        out: Path, scalars: monitor.Scalars, resuming: bool = False):
     """Build a model and train it for up to `epochs` epochs; returns (model, best, (training
     seconds, evaluation seconds)).
 
@@ -241,9 +250,9 @@ def fit(cfg: config.Config, env: parallel.DistEnv, work: Workload, epochs: int, 
     weights (restored before returning), stop after `eval.patience` evaluations without
     progress. "refit" / "train" (no validation): run all epochs; test is evaluated on the way
     only with `eval.track_test`. Checkpoints follow `checkpoint.Schedule`; a resumed run
-    continues at the batch after its checkpoint.
+    continues at the batch after its checkpoint. Each epoch: one log line (with the ETA) and
+    its TensorBoard scalars.
     """
-    log = print if env.is_main else (lambda *a, **k: None)
     select = phase == "select"
     # Dense towers: DDP copies rank 0's initial weights to every rank. Tables: counter-based,
     # the same for any world size (Tables.seed). Training draws are counter-based too, so a run
@@ -251,7 +260,7 @@ def fit(cfg: config.Config, env: parallel.DistEnv, work: Workload, epochs: int, 
     torch.manual_seed(cfg.train.seed * 1009)
     model, dense_opts = work.build()
     model.module.tables.seed(cfg.train.seed)
-    log(f"sharding plan:\n{model.plan}")
+    log.info(f"sharding plan:\n{model.plan}")
     dim, metric = str(cfg.model.levels[-1]), cfg.eval.select_metric
     best = {"score": -math.inf, "epoch": epochs, "valid": None, "snapshot": None}
     seconds, eval_seconds = 0.0, 0.0
@@ -266,6 +275,7 @@ def fit(cfg: config.Config, env: parallel.DistEnv, work: Workload, epochs: int, 
         loop = _resume(cfg, env, work, model, dense_opts, best, select, out)
         at.update({k: loop[k] for k in at if k in loop})
         best_on_disk, seconds = checkpoint.complete(ckpt / "best"), loop["seconds"]
+        scalars.resumed(phase, at["epoch"])
 
     def write(closed: int, batch: int = 0, totals: list | None = None, *, stopped: bool = False) -> None:
         """checkpoint/last at: `closed` epochs done and evaluated, `batch` batches of the next."""
@@ -299,8 +309,12 @@ def fit(cfg: config.Config, env: parallel.DistEnv, work: Workload, epochs: int, 
                 write(epoch - 1, done, parallel.all_reduce_sum(totals.clone(), env).tolist())
             if reason == "preempt":
                 raise preempted(f"at epoch {epoch}, batch {done}/{steps}")
-            log(f"checkpoint: epoch {epoch}, {done}/{steps} batches")
+            log.info(f"checkpoint: epoch {epoch}, {done}/{steps} batches")
 
+    # The ETA: epochs left x the mean seconds of an epoch with its evaluation. Early stopping
+    # can end "select" sooner (an upper bound, ≤), and a refit may follow it.
+    bound = ("≤ ", " + refit" if cfg.train.refit and work.refit is not None else "") if select else ("", "")
+    whole = []  # seconds of each whole epoch trained here, evaluation included (not a resumed part)
     for epoch in range(at["epoch"] + 1, epochs + 1):
         if at["stopped"]:
             break
@@ -330,10 +344,14 @@ def fit(cfg: config.Config, env: parallel.DistEnv, work: Workload, epochs: int, 
             if improved:
                 best.update(score=record["valid"][dim][metric], epoch=epoch, valid=record["valid"],
                             snapshot=checkpoint.snapshot(model))
-            log(_epoch_line(record, dim, metric, best["epoch"] if select else None))
             stop = select and epoch - best["epoch"] >= cfg.eval.patience * cfg.eval.every_epochs
-        else:
-            log(_epoch_line(record))
+        if not first_batch:
+            whole.append(record["epoch_seconds"] + record.get("eval_seconds", 0.0))
+        left = 0 if stop or not whole else (epochs - epoch) * sum(whole) / len(whole)
+        eta = f"{bound[0]}{_duration(left)}{bound[1]}" if left else ""
+        log.info(_epoch_line(record, epochs, dim, metric, best["epoch"] if select and "valid" in record else None, eta))
+        samples = work.num_samples * (steps - first_batch) / steps  # a resumed epoch trains only its rest
+        scalars.epoch(record, samples / max(record["epoch_seconds"], 1e-9))
         if resumable and improved and schedule.enabled:
             checkpoint.save(ckpt / "best", model, dense_opts, env, {})
             best_on_disk = True
@@ -344,7 +362,7 @@ def fit(cfg: config.Config, env: parallel.DistEnv, work: Workload, epochs: int, 
         if reason == "preempt":
             raise preempted(f"after epoch {epoch}")
         if stop:
-            log(f"early stop: no better validation {metric} since epoch {best['epoch']}")
+            log.info(f"early stop: no better validation {metric} since epoch {best['epoch']}")
             break
     if select:
         checkpoint.restore(model, best["snapshot"])
@@ -353,7 +371,6 @@ def fit(cfg: config.Config, env: parallel.DistEnv, work: Workload, epochs: int, 
 
 def _resume(cfg, env, work, model, dense_opts, best: dict, select: bool, out: Path) -> dict:
     """Load checkpoint/last (and /best) into the model; returns the saved loop state."""
-    log = print if env.is_main else (lambda *a, **k: None)
     ckpt = Path(cfg.run_dir) / "checkpoint"
     saved = checkpoint.read_loop(ckpt / "last")
     checkpoint.check_compatible(ckpt / "last", saved, checkpoint.fingerprint(cfg, work))  # before DCP reads any shard
@@ -363,10 +380,10 @@ def _resume(cfg, env, work, model, dense_opts, best: dict, select: bool, out: Pa
     loop = checkpoint.load(ckpt / "last", model, dense_opts)
     best.update(loop["best"])
     where = f"epoch {loop['epoch']}" + (f" and {loop['batch']} batches of epoch {loop['epoch'] + 1}" if loop.get("batch") else "")
-    log(f"resumed from {ckpt / 'last'} after {where} (best epoch {best['epoch']})")
+    log.info(f"resumed from {ckpt / 'last'} after {where} (best epoch {best['epoch']})")
     changes = [c for c in checkpoint.config_changes(loop.get("config", {}), config.to_dict(cfg)) if not c.startswith("train.resume:")]
     if changes:
-        log("resumed with changed settings (recorded in resumes.jsonl): " + "; ".join(changes))
+        log.info("resumed with changed settings (recorded in resumes.jsonl): " + "; ".join(changes))
     if env.is_main:
         outputs.truncate_metrics(out, loop["epoch"])
         outputs.append_record(out / "resumes.jsonl", {
@@ -381,8 +398,10 @@ def train_epoch(model, dense_opts, work: Workload, cfg: config.Config, env: para
     ranks' samples (`carried`: the [loss sum, pairs] of the batches before `start`, on rank 0).
     `after_step(batches done, this rank's totals)` runs after every step (checkpoints)."""
     total = num_batches(work.num_samples, cfg.train.batch_size)
-    bar = tqdm(work.batches(epoch, start), total=total, initial=start, desc=f"epoch {epoch}",
-               leave=False, disable=not (cfg.progress and env.is_main), mininterval=1.0)
+    # A bar only on a terminal: in a scheduler's log file (torchx, Slurm, Kubernetes) its
+    # carriage-return redraws are fragments; the epoch line says all that is needed there.
+    bar = tqdm(work.batches(epoch, start), total=total, initial=start, desc=f"epoch {epoch}", leave=False,
+               disable=not (cfg.progress and env.is_main and sys.stderr.isatty()), mininterval=1.0)
     totals = torch.tensor(carried if carried else [0.0, 0.0], dtype=torch.float64)
     model.train()
     for step, batch in enumerate(bar, start):
@@ -405,8 +424,11 @@ def train_epoch(model, dense_opts, work: Workload, cfg: config.Config, env: para
     return (totals[0] / totals[1].clamp(min=1)).item()
 
 
-def _epoch_line(record: dict, dim: str = "", metric: str = "", best_epoch: int | None = None) -> str:
-    line = f"epoch {record['epoch']:3d} | loss {record['loss']:.4f} | {record['epoch_seconds']:.1f} s"
+def _epoch_line(record: dict, epochs: int, dim: str = "", metric: str = "", best_epoch: int | None = None,
+                eta: str = "") -> str:
+    """`epoch 12/50 | loss ... | valid@64 recall@20 ... | best epoch 10 | ETA ≤ 3 min 10 s`;
+    `epochs`: the most this phase will run."""
+    line = f"epoch {record['epoch']}/{epochs} | loss {record['loss']:.4f} | {record['epoch_seconds']:.1f} s"
     if record.get("phase") == "refit":
         line = "refit on train + valid: " + line
     for split in ("valid", "test"):
@@ -418,15 +440,27 @@ def _epoch_line(record: dict, dim: str = "", metric: str = "", best_epoch: int |
         line += f" | eval {record['eval_seconds']:.1f} s"
     if best_epoch is not None:
         line += f" | best epoch {best_epoch}"
+    if eta:
+        line += f" | ETA {eta}"
     return line
 
 
+def _duration(seconds: float) -> str:
+    """`45 s`, `3 min 10 s`, `2 h 5 min`."""
+    s = round(seconds)
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60} s"
+    return f"{s // 3600} h {s % 3600 // 60} min"
+
+
 def _print_table(metrics: dict, which: str) -> None:
+    """One log record, so that the rows stay aligned under the heading's time stamp."""
     names = list(next(iter(metrics.values())))
-    print(f"test metrics at every matryoshka dimension ({which}):")
-    print("dim  " + " ".join(f"{n:>10}" for n in names))
-    for dim, row in metrics.items():
-        print(f"{dim:>3}  " + " ".join(f"{row[n]:10.4f}" for n in names))
+    rows = [f"test metrics at every matryoshka dimension ({which}):", "dim  " + " ".join(f"{n:>10}" for n in names)]
+    rows += [f"{dim:>3}  " + " ".join(f"{row[n]:10.4f}" for n in names) for dim, row in metrics.items()]
+    log.info("\n".join(rows))
 
 
 def _report_input_error(err: Exception) -> None:
