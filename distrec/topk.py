@@ -118,12 +118,12 @@ class CoarseIndex:
 
     @classmethod
     def build(cls, items: torch.Tensor, dim: int, clusters: int | None = None, *, iters: int = 10, seed: int = 0,
-              train_points: int = 64) -> "CoarseIndex":
+              train_points: int = 32) -> "CoarseIndex":
         """k-means (Lloyd, `iters` rounds) on at most `train_points` x clusters sampled items,
-        then every item goes to its nearest centroid. Default clusters: 4 sqrt(n)."""
+        then every item goes to its nearest centroid. Default clusters: 2 sqrt(n)."""
         n = items.shape[0]
         x = items[:, :dim].float().contiguous()
-        c = max(1, min(n, clusters or int(4 * math.sqrt(n))))
+        c = max(1, min(n, clusters or int(2 * math.sqrt(n))))
         g = torch.Generator().manual_seed(seed)
         sample = x[torch.randperm(n, generator=g)[: min(n, train_points * c)].to(x.device)]
         centroids = sample[torch.randperm(len(sample), generator=g)[:c].to(x.device)].clone()
@@ -166,11 +166,13 @@ def funnel(queries: torch.Tensor, items: torch.Tensor, index: CoarseIndex, short
     position = torch.empty(n, dtype=torch.int64, device=items.device)  # item row -> place in index.coarse
     position[index.order] = torch.arange(n, device=items.device)
     cluster_of = torch.repeat_interleave(torch.arange(c, device=items.device), sizes)  # by place
+    # One coarse buffer for every chunk: a fresh one per chunk costs its page faults each time.
+    buf = torch.empty((min(step, len(q)), p, widest), device=q.device)
     parts = []
     for lo in range(0, len(q), step):
         hi = min(lo + step, len(q))
-        parts.append(_funnel_chunk(q[lo:hi], items, index, shortlist, dim, k, p, widest, position, cluster_of,
-                                   _chunk_exclude(exclude, lo, hi)))
+        parts.append(_funnel_chunk(q[lo:hi], items, index, shortlist, dim, k, p, position, cluster_of,
+                                   _chunk_exclude(exclude, lo, hi), buf[: hi - lo]))
     return _concat(parts, k, q.device)
 
 
@@ -181,8 +183,9 @@ def _chunk_exclude(exclude: Csr | None, lo: int, hi: int) -> Csr | None:
     return indptr[lo : hi + 1] - indptr[lo], items[indptr[lo] : indptr[hi]]
 
 
-def _funnel_chunk(q, items, index: CoarseIndex, shortlist, dim, k, p, widest, position, cluster_of, exclude) -> TopK:
+def _funnel_chunk(q, items, index: CoarseIndex, shortlist, dim, k, p, position, cluster_of, exclude, buf) -> TopK:
     b, interests, _ = q.shape
+    widest = buf.shape[2]
     dc, device = index.dim, q.device
     qc = q[:, :, :dc].reshape(b * interests, dc)
     # The probes: clusters whose centroids score best for the query (max over its interests).
@@ -191,7 +194,7 @@ def _funnel_chunk(q, items, index: CoarseIndex, shortlist, dim, k, p, widest, po
     # Coarse scores of the probed clusters' items into [b, p, widest] (-inf: padding). Pairs
     # (query, probe slot) are grouped by cluster, so each cluster's items are read once per
     # chunk and scored by one product with the queries that probe it.
-    buf = torch.full((b, p, widest), -math.inf, device=device)
+    buf.fill_(-math.inf)
     flat = probe.reshape(-1)
     by_cluster = torch.argsort(flat, stable=True)
     who, slot = (by_cluster // p), (by_cluster % p)
