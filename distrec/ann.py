@@ -55,8 +55,11 @@ def build(items: torch.Tensor, dim: int, kind: str = "ivf", clusters: int | None
     return index
 
 
-def search(index, queries: torch.Tensor, dim: int, k: int, exclude: Csr | None = None) -> TopK:
-    """Top-`k` per query row from a `build` index; queries `[B, D]` or `[B, K, D]`."""
+def search(index, queries: torch.Tensor, dim: int, k: int, exclude: Csr | None = None,
+           items: torch.Tensor | None = None) -> TopK:
+    """Top-`k` per query row from a `build` index; queries `[B, D]` or `[B, K, D]`. With `items`
+    (the table the index was built from), an item one interest found is scored by every
+    interest (the max), as the exact search scores it; without, by the interests that found it."""
     q = queries[:, None, :] if queries.dim() == 2 else queries
     b, interests, _ = q.shape
     extra = int(np.diff(exclude[0]).max()) if exclude is not None and b else 0
@@ -65,6 +68,8 @@ def search(index, queries: torch.Tensor, dim: int, k: int, exclude: Csr | None =
     scores, ids = index.search(x, want)
     scores = torch.as_tensor(scores).view(b, interests * want)
     ids = torch.as_tensor(ids).view(b, interests * want)
+    if interests > 1 and items is not None:
+        scores = _best_of_interests(q[:, :, :dim], items[:, :dim], ids, scores)
     scores = scores.masked_fill(ids < 0, -np.inf)
     if exclude is not None and len(exclude[1]):
         rows = np.repeat(np.arange(b), np.diff(exclude[0]))
@@ -73,3 +78,15 @@ def search(index, queries: torch.Tensor, dim: int, k: int, exclude: Csr | None =
         scores = scores.masked_fill(drop, -np.inf)
     ids = ids.masked_fill(~torch.isfinite(scores), NONE)
     return merge_best(ids, scores, k)
+
+
+def _best_of_interests(q: torch.Tensor, items: torch.Tensor, ids: torch.Tensor, scores: torch.Tensor,
+                       chunk_mb: float = 256.0) -> torch.Tensor:
+    """Scores of the candidates `ids [B, M]` (-1: none) as the max over the interests of `q [B, K, d]`."""
+    out = torch.empty_like(scores)
+    step = max(1, int(chunk_mb * 2**20 / (4 * max(1, ids.shape[1]) * (q.shape[2] + q.shape[1]))))
+    for lo in range(0, len(ids), step):
+        rows = items[ids[lo : lo + step].clamp(min=0).to(items.device)].float()  # [b, M, d]
+        best = torch.einsum("bkd,bmd->bkm", q[lo : lo + step].float(), rows).amax(dim=1)
+        out[lo : lo + step] = best.cpu()
+    return out

@@ -93,15 +93,17 @@ def load(path: str | Path, device: torch.device | str | None = None) -> Bundle:
     return Bundle(directory, manifest, items, item_ids, users, user_ids, router, device)
 
 
-def rows_of(raw: np.ndarray, known: np.ndarray, what: str, where: str) -> np.ndarray:
-    """Rows of raw ids in `known` (the export's ids); an unknown id is an error naming its line."""
+def rows_of(raw: np.ndarray, known: np.ndarray, what: str, where: str, lines: np.ndarray | None = None) -> np.ndarray:
+    """Rows of raw ids in `known` (the export's ids); an unknown id is an error naming its line
+    (`lines[i]` for raw[i]; default i + 1)."""
     raw = np.asarray(raw)
+    line = (lambda i: int(lines[i])) if lines is not None else (lambda i: i + 1)
     if known.dtype.kind in "iu":
         try:
             raw = raw.astype(np.int64)
         except ValueError:
             bad = next(i for i, r in enumerate(raw) if not str(r).lstrip("-").isdigit())
-            raise RetrieveError(f"{where}, line {bad + 1}: {what} id {raw[bad]!r} is not an integer; "
+            raise RetrieveError(f"{where}, line {line(bad)}: {what} id {raw[bad].item()!r} is not an integer; "
                                 f"this run's {what} ids are integers") from None
     else:
         raw = raw.astype(str)
@@ -111,22 +113,28 @@ def rows_of(raw: np.ndarray, known: np.ndarray, what: str, where: str) -> np.nda
     unknown = np.flatnonzero(known[rows] != raw) if len(known) else np.arange(len(raw))
     if len(unknown):
         i = int(unknown[0])
-        raise RetrieveError(f"{where}, line {i + 1}: unknown {what} id {raw[i]!r} "
+        raise RetrieveError(f"{where}, line {line(i)}: unknown {what} id {raw[i].item()!r} "
                             f"({len(unknown)} unknown in all; the run has {len(known)} {what}s)")
     return rows.astype(np.int64)
 
 
-def read_ids(path: str | Path) -> np.ndarray:
-    """One raw id per line (blank lines and # comments skipped)."""
+def read_ids(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, their line numbers) of a file of one raw id per line (blank lines and # comments skipped)."""
     try:
         lines = Path(path).read_text(encoding="utf-8-sig").splitlines()
     except (OSError, UnicodeDecodeError) as err:
         raise RetrieveError(f"{path}: cannot read ({err})") from None
-    ids = [line.strip() for line in lines]
-    ids = [i for i in ids if i and not i.startswith("#")]
-    if not ids:
+    kept = [(number, line.strip()) for number, line in enumerate(lines, 1)]
+    kept = [(number, i) for number, i in kept if i and not i.startswith("#")]
+    if not kept:
         raise RetrieveError(f"{path}: no user ids")
-    return np.array(ids)
+    return np.array([i for _, i in kept]), np.array([number for number, _ in kept])
+
+
+def user_rows(path: str | Path, bundle: Bundle) -> np.ndarray:
+    """Rows of the user ids in a `--users` file; an unknown id names its line of the file."""
+    ids, lines = read_ids(path)
+    return rows_of(ids, bundle.user_ids, "user", str(path), lines)
 
 
 def read_histories(path: str | Path, bundle: Bundle) -> tuple[np.ndarray, topk.Csr]:
@@ -148,11 +156,7 @@ def read_histories(path: str | Path, bundle: Bundle) -> tuple[np.ndarray, topk.C
         line_of.extend([number] * (len(fields) - 1))
     if not users:
         raise RetrieveError(f"{path}: no histories")
-    try:
-        rows = rows_of(np.array(items), bundle.item_ids, "item", str(path))
-    except RetrieveError as err:  # name the file's line, not the position among items
-        position = int(str(err).split("line ")[1].split(":")[0]) - 1
-        raise RetrieveError(str(err).replace(f"line {position + 1}:", f"line {line_of[position]}:", 1)) from None
+    rows = rows_of(np.array(items), bundle.item_ids, "item", str(path), np.array(line_of))
     indptr = np.zeros(len(users) + 1, np.int64)
     np.cumsum(counts, out=indptr[1:])
     return np.array(users), (indptr, rows)
@@ -234,7 +238,8 @@ def search(bundle: Bundle, queries: torch.Tensor, dim: int, k: int, exclude: top
     if ann is not None:
         from distrec import ann as faiss_ann
 
-        return faiss_ann.search(faiss_ann.build(bundle.items, dim, ann, clusters, probes), queries, dim, k, exclude)
+        return faiss_ann.search(faiss_ann.build(bundle.items, dim, ann, clusters, probes), queries, dim, k, exclude,
+                                items=bundle.items)
     return topk.exact(queries, bundle.items, dim, k, exclude, chunk_mb)
 
 
@@ -304,7 +309,7 @@ def main(argv: list[str] | None = None) -> pa.Table:
         else:
             if bundle.user_ids is None:
                 raise RetrieveError(f"{bundle.directory}: no user ids in this export; pass --histories FILE")
-            rows = np.arange(len(bundle.user_ids)) if args.all else rows_of(read_ids(args.users), bundle.user_ids, "user", args.users)
+            rows = np.arange(len(bundle.user_ids)) if args.all else user_rows(args.users, bundle)
             user_raw, histories = bundle.user_ids[rows], run_histories(bundle, rows)
         queries = encode(bundle, histories)
         if args.exclude_seen:
@@ -312,7 +317,7 @@ def main(argv: list[str] | None = None) -> pa.Table:
     else:
         if args.histories:
             raise RetrieveError("--histories is for multi-interest runs; this run has a user table: use --users or --all")
-        rows = np.arange(len(bundle.users)) if args.all else rows_of(read_ids(args.users), bundle.user_ids, "user", args.users)
+        rows = np.arange(len(bundle.users)) if args.all else user_rows(args.users, bundle)
         user_raw, queries = bundle.user_ids[rows], bundle.users[torch.as_tensor(rows, device=bundle.device)]
         if args.exclude_seen:
             exclude = seen_items(bundle, rows, splits)
