@@ -33,7 +33,8 @@ def _faiss():
 def build(items: torch.Tensor, dim: int, kind: str = "ivf", clusters: int | None = None, probes: int | None = None,
           seed: int = 0):
     """A faiss index over `items[:, :dim]` (inner product). ivf: `clusters` lists (default
-    4 sqrt(n)), `probes` of them searched (default clusters / 8); hnsw: 32 links per node."""
+    4 sqrt(n)), `probes` of them searched (default clusters / 8); hnsw: 32 links per node, `probes` as the search width
+    (efSearch; default 2 x the results asked for, at least 64)."""
     faiss = _faiss()
     x = np.ascontiguousarray(items[:, :dim].detach().cpu().numpy(), dtype=np.float32)
     n = len(x)
@@ -49,7 +50,8 @@ def build(items: torch.Tensor, dim: int, kind: str = "ivf", clusters: int | None
         index = faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efConstruction = 80
         index.add(x)
-        index.hnsw.efSearch = max(64, probes or 64)
+        # A fixed search width (efSearch) with `probes`; else `search` sets it per call.
+        index.hnsw.efSearch = probes or 0
     else:
         raise ValueError(f"unknown --ann kind {kind!r}: {', '.join(KINDS)}")
     return index
@@ -64,8 +66,11 @@ def search(index, queries: torch.Tensor, dim: int, k: int, exclude: Csr | None =
     b, interests, _ = q.shape
     extra = int(np.diff(exclude[0]).max()) if exclude is not None and b else 0
     want = min(index.ntotal, k + extra)
+    params = None
+    if hasattr(index, "hnsw") and index.hnsw.efSearch == 0:  # no width given: well beyond the results asked for
+        params = _faiss().SearchParametersHNSW(efSearch=max(64, 2 * want))
     x = np.ascontiguousarray(q[:, :, :dim].reshape(b * interests, dim).detach().cpu().numpy(), dtype=np.float32)
-    scores, ids = index.search(x, want)
+    scores, ids = index.search(x, want, params=params)
     scores = torch.as_tensor(scores).view(b, interests * want)
     ids = torch.as_tensor(ids).view(b, interests * want)
     if interests > 1 and items is not None:

@@ -159,7 +159,10 @@ def read_histories(path: str | Path, bundle: Bundle) -> tuple[np.ndarray, topk.C
     rows = rows_of(np.array(items), bundle.item_ids, "item", str(path), np.array(line_of))
     indptr = np.zeros(len(users) + 1, np.int64)
     np.cumsum(counts, out=indptr[1:])
-    return np.array(users), (indptr, rows)
+    users = np.array(users)
+    if bundle.item_ids.dtype.kind in "iu" and all(u.lstrip("-").isdigit() for u in users):
+        users = users.astype(np.int64)  # integer ids, like --users and --all give them on this run
+    return users, (indptr, rows)
 
 
 def run_histories(bundle: Bundle, rows: np.ndarray) -> topk.Csr:
@@ -275,7 +278,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     how = p.add_mutually_exclusive_group()
     how.add_argument("--funnel", metavar="COARSE_DIM:N", help="shortlist N items at COARSE_DIM, re-rank at --dim")
     how.add_argument("--ann", choices=("ivf", "hnsw"), help="approximate search through faiss (pip install 'distrec[ann]')")
-    p.add_argument("--clusters", type=int, help="funnel / ivf: clusters of the index (default 4 sqrt(items))")
+    p.add_argument("--clusters", type=int, help="clusters of the index (default: funnel 2 sqrt(items), ivf 4 sqrt(items))")
     p.add_argument("--probes", type=int, help="funnel / ivf: clusters searched per user (default clusters / 8); "
                                              "hnsw: efSearch")
     p.add_argument("--out", metavar="FILE.parquet", help="write Parquet here (default: tab-separated on stdout)")

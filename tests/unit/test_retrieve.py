@@ -358,11 +358,11 @@ def ann_run(tmp_path_factory) -> tuple[Path, dict]:
     return run, {"items": items, "users": users, "seen": [item_rows[user_rows == r] for r in range(u)]}
 
 
-# Measured here (faiss-cpu 1.x, defaults: ivf 282 lists, 35 probed; hnsw 32 links, efSearch 64, which
-# faiss raises to k = 100): recall@100 against exact = ivf 0.9823 (0.9822 with --exclude-seen), hnsw
-# 0.7488 (0.7477); hnsw --probes 256 (efSearch) 0.9024. Floors: measured - 0.1.
-ANN_FLOOR = {"ivf": 0.88, "hnsw": 0.65}
-HNSW_WIDE_FLOOR = 0.80
+# Measured here (faiss-cpu 1.15.1; defaults: ivf 282 lists, 35 probed; hnsw 32 links, efSearch 2 x the
+# results asked for): recall@100 against exact = ivf 0.9823 (0.9822 with --exclude-seen), hnsw 0.8884
+# (0.9024: the exclusions ask for more results, so a wider search); hnsw --probes 100 0.8114.
+# Floors: measured - 0.1.
+ANN_FLOOR = {"ivf": 0.88, "hnsw": 0.78}
 
 
 @pytest.mark.parametrize("kind", ["ivf", "hnsw"])
@@ -384,12 +384,12 @@ def test_ann_recall_and_exclusion(ann_run, tmp_path, kind):
                                    rtol=1e-4, atol=1e-4)  # each item with its own score
         if exclude:
             assert not any(np.isin(a, s).any() for a, s in zip(a_ids, ref["seen"]))
-        if kind == "hnsw" and not exclude:  # --probes is efSearch: a wider search finds more
-            wide = call(run, "--dim", 32, "--k", 100, "--all", "--ann", kind, "--probes", 256, "--out", tmp_path / "w.parquet")
-            w_ids, _ = per_user(wide, users, raw, 100)
-            wide_recall = np.mean([len(np.intersect1d(a, e)) / 100 for a, e in zip(w_ids, e_ids)])
-            print(f"hnsw --probes 256: recall@100 = {wide_recall:.4f}")
-            assert wide_recall >= max(HNSW_WIDE_FLOOR, recall + 0.05)
+        if kind == "hnsw" and not exclude:  # --probes is efSearch: a narrower search than the default finds less
+            narrow = call(run, "--dim", 32, "--k", 100, "--all", "--ann", kind, "--probes", 100, "--out", tmp_path / "w.parquet")
+            n_ids, _ = per_user(narrow, users, raw, 100)
+            narrow_recall = np.mean([len(np.intersect1d(a, e)) / 100 for a, e in zip(n_ids, e_ids)])
+            print(f"hnsw --probes 100: recall@100 = {narrow_recall:.4f}")
+            assert narrow_recall <= recall - 0.05
 
 
 @pytest.mark.parametrize("kind", ["ivf", "hnsw"])
