@@ -134,6 +134,11 @@ class CoarseIndex:
             empty = counts == 0  # an empty cluster keeps its centroid
             centroids = torch.where(empty[:, None], centroids, sums / counts.clamp(min=1)[:, None])
         assign = _nearest(x, centroids)
+        used = torch.bincount(assign, minlength=c) > 0  # drop empty clusters: every list has items
+        if not bool(used.all()):
+            centroids = centroids[used]
+            assign = (torch.cumsum(used.long(), 0) - 1)[assign]
+            c = len(centroids)
         order = torch.argsort(assign, stable=True)
         offsets = torch.zeros(c + 1, dtype=torch.int64, device=x.device)
         offsets[1:] = torch.cumsum(torch.bincount(assign, minlength=c), 0)
@@ -159,15 +164,15 @@ def funnel(queries: torch.Tensor, items: torch.Tensor, index: CoarseIndex, short
     c = index.num_clusters
     p = c if probes is None else max(1, min(probes, c))
     sizes = index.offsets[1:] - index.offsets[:-1]
-    widest = int(sizes.max())
-    # Rows per chunk: the coarse buffer [b, p, widest] and the re-ranked rows [b, N, D].
-    per_row = p * widest * (q.shape[1] + 1) + shortlist * (items.shape[1] + q.shape[1])
+    # A query's coarse scores are its probed clusters' items end to end: at most the p largest.
+    longest = int(torch.topk(sizes, p).values.sum())
+    per_row = longest * (q.shape[1] + 1) + shortlist * (items.shape[1] + q.shape[1])
     step = max(1, int(chunk_mb * 2**20 / (4 * per_row)))
     position = torch.empty(n, dtype=torch.int64, device=items.device)  # item row -> place in index.coarse
     position[index.order] = torch.arange(n, device=items.device)
     cluster_of = torch.repeat_interleave(torch.arange(c, device=items.device), sizes)  # by place
     # One coarse buffer for every chunk: a fresh one per chunk costs its page faults each time.
-    buf = torch.empty((min(step, len(q)), p, widest), device=q.device)
+    buf = torch.empty((min(step, len(q)), longest), device=q.device)
     parts = []
     for lo in range(0, len(q), step):
         hi = min(lo + step, len(q))
@@ -185,42 +190,46 @@ def _chunk_exclude(exclude: Csr | None, lo: int, hi: int) -> Csr | None:
 
 def _funnel_chunk(q, items, index: CoarseIndex, shortlist, dim, k, p, position, cluster_of, exclude, buf) -> TopK:
     b, interests, _ = q.shape
-    widest = buf.shape[2]
     dc, device = index.dim, q.device
-    qc = q[:, :, :dc].reshape(b * interests, dc)
+    qv = q[:, :, :dc]
     # The probes: clusters whose centroids score best for the query (max over its interests).
-    centroid_scores = (qc @ index.centroids.T).view(b, interests, -1).amax(dim=1)
+    centroid_scores = (qv.reshape(b * interests, dc) @ index.centroids.T).view(b, interests, -1).amax(dim=1)
     probe = torch.topk(centroid_scores, p, dim=1).indices  # [b, p]
-    # Coarse scores of the probed clusters' items into [b, p, widest] (-inf: padding). Pairs
-    # (query, probe slot) are grouped by cluster, so each cluster's items are read once per
-    # chunk and scored by one product with the queries that probe it.
-    buf.fill_(-math.inf)
+    # Row r of the coarse buffer holds the scores of its probed clusters' items end to end:
+    # probe slot j from column start[r, j] (no padding to the largest cluster). (Query, slot)
+    # pairs are grouped by cluster, so each cluster's items are read once per chunk and scored
+    # by one product with all the queries that probe it.
+    sizes = (index.offsets[1:] - index.offsets[:-1])[probe]
+    start = torch.cumsum(sizes, dim=1) - sizes
+    width = int((start[:, -1] + sizes[:, -1]).max())
+    scores = buf[:, :width]
+    scores.fill_(-math.inf)
     flat = probe.reshape(-1)
     by_cluster = torch.argsort(flat, stable=True)
-    who, slot = (by_cluster // p), (by_cluster % p)
+    who, first = by_cluster // p, start.reshape(-1)[by_cluster]
     bounds = torch.searchsorted(flat[by_cluster], torch.arange(index.num_clusters + 1, device=device)).tolist()
     offsets = index.offsets.tolist()
-    qv = q[:, :, :dc]
     for cl in range(index.num_clusters):
         a, z = bounds[cl], bounds[cl + 1]
-        if a == z or offsets[cl] == offsets[cl + 1]:
+        if a == z:
             continue
         w = who[a:z]
-        s = (qv[w].reshape(-1, dc) @ index.coarse[offsets[cl] : offsets[cl + 1]].T)
+        s = qv[w].reshape(-1, dc) @ index.coarse[offsets[cl] : offsets[cl + 1]].T
         if interests > 1:
             s = s.view(len(w), interests, -1).amax(dim=1)
-        buf[w, slot[a:z], : s.shape[1]] = s
+        scores[w[:, None], first[a:z, None] + torch.arange(s.shape[1], device=device)] = s
     if exclude is not None and len(exclude[1]):
         rows = torch.as_tensor(np.repeat(np.arange(b), np.diff(exclude[0])), device=device)
         places = position[torch.as_tensor(exclude[1], device=device)]
-        hit = probe[rows] == cluster_of[places][:, None]  # [E, p]: which slot probed its cluster
+        clusters = cluster_of[places]
+        hit = probe[rows] == clusters[:, None]  # [E, p]: the slot that probed the item's cluster
         found = hit.any(dim=1)
-        buf[rows[found], hit[found].int().argmax(dim=1), places[found] - index.offsets[cluster_of[places[found]]]] = -math.inf
-    flat_scores = buf.view(b, -1)
-    n_short = min(shortlist, flat_scores.shape[1])
-    coarse_values, picked = torch.topk(flat_scores, n_short, dim=1)
-    slot_of, within = picked // widest, picked % widest
-    place = index.offsets[probe.gather(1, slot_of)] + within
+        rows, places, clusters = rows[found], places[found], clusters[found]
+        slots = hit[found].int().argmax(dim=1)
+        scores[rows, start[rows, slots] + places - index.offsets[clusters]] = -math.inf
+    coarse_values, column = torch.topk(scores, min(shortlist, width), dim=1)
+    slot = torch.searchsorted(start, column, right=True) - 1  # clusters are never empty: starts increase
+    place = index.offsets[probe.gather(1, slot)] + column - start.gather(1, slot)
     valid = torch.isfinite(coarse_values)
     candidates = torch.where(valid, index.order[place.clamp(max=len(index.order) - 1)], torch.zeros_like(place))
     # Re-rank the shortlist at the full prefix.
