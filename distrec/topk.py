@@ -8,12 +8,12 @@ max over interests of the inner product of the first d dimensions, as in evaluat
   whatever device the tensors are on.
 - `funnel`: shortlist N candidates at a coarse prefix, re-rank them at the full dimension. On
   a CPU the cost of scoring every item is writing the score matrix, not the arithmetic (a
-  d = 4 product costs 0.73 of a d = 64 one over 368k items), so the shortlist comes from an
-  inverted-file index over the coarse prefix (`CoarseIndex`): items are clustered by k-means
-  on their first `coarse_dim` dimensions, a query scores the centroids and only the items of
-  its `probes` best clusters, and never the whole table. With `probes` equal to the number of
-  clusters the shortlist is the exact coarse top-N; with N at least the number of items the
-  funnel is the exact search.
+  d = 4 product costs 0.73 of a d = 64 one over 368k items), so the funnel never scores the
+  whole table: an inverted file (`CoarseIndex`) clusters the items by k-means; a query scores
+  the centroids, and only the items of its `probes` best clusters are scored at the coarse
+  prefix; the best N of those are re-ranked. With `probes` equal to the number of clusters the
+  shortlist is the exact coarse top-N; with N at least the number of items the funnel is the
+  exact search.
 
 Imports: numpy, torch.
 """
@@ -101,13 +101,14 @@ def _concat(parts: list[TopK], k: int, device) -> TopK:
 
 @dataclasses.dataclass
 class CoarseIndex:
-    """Items clustered by k-means on their first `dim` dimensions (an inverted file).
+    """An inverted file: items clustered by k-means, with their first `dim` dimensions (the
+    coarse prefix) stored cluster by cluster.
 
     Cluster c holds `order[offsets[c]:offsets[c+1]]`; `coarse` is the items' prefixes in that
     order, so each cluster's rows are contiguous and are scored by one small product."""
 
     dim: int
-    centroids: torch.Tensor  # [C, dim]
+    centroids: torch.Tensor  # [C, D] at full dimension; probes are chosen by their prefix at the searched dim
     order: torch.Tensor  # [n] item rows, cluster by cluster
     offsets: torch.Tensor  # [C+1]
     coarse: torch.Tensor  # [n, dim] = items[order, :dim]
@@ -122,7 +123,11 @@ class CoarseIndex:
         """k-means (Lloyd, `iters` rounds) on at most `train_points` x clusters sampled items,
         then every item goes to its nearest centroid. Default clusters: 2 sqrt(n)."""
         n = items.shape[0]
-        x = items[:, :dim].float().contiguous()
+        # Clustered on the full vectors, not the coarse prefix: a query then probes the clusters
+        # whose items score best at the full dimension, where the result is ranked. On Phones
+        # this kept 0.987 of exact recall@20 probing a sixteenth of the clusters, against 0.959
+        # with clusters of the 16-dim prefix (docs/serving.md).
+        x = items.float().contiguous()
         c = max(1, min(n, clusters or int(2 * math.sqrt(n))))
         g = torch.Generator().manual_seed(seed)
         sample = x[torch.randperm(n, generator=g)[: min(n, train_points * c)].to(x.device)]
@@ -142,7 +147,7 @@ class CoarseIndex:
         order = torch.argsort(assign, stable=True)
         offsets = torch.zeros(c + 1, dtype=torch.int64, device=x.device)
         offsets[1:] = torch.cumsum(torch.bincount(assign, minlength=c), 0)
-        return cls(dim, centroids, order, offsets, x[order].contiguous())
+        return cls(dim, centroids, order, offsets, items[order, :dim].float().contiguous())
 
 
 def _nearest(x: torch.Tensor, centroids: torch.Tensor, rows: int = 65536) -> torch.Tensor:
@@ -156,7 +161,7 @@ def _nearest(x: torch.Tensor, centroids: torch.Tensor, rows: int = 65536) -> tor
 def funnel(queries: torch.Tensor, items: torch.Tensor, index: CoarseIndex, shortlist: int, dim: int, k: int,
            exclude: Csr | None = None, probes: int | None = None, chunk_mb: float = 256.0) -> TopK:
     """Top-`k` at prefix `dim` among the `shortlist` best items at the index's coarse prefix,
-    found in the `probes` clusters whose centroids score best (max over interests)."""
+    found in the `probes` clusters whose centroids score best (at `dim`, max over interests)."""
     q = _as_queries(queries)
     n = items.shape[0]
     if shortlist >= n:  # the shortlist is every item: the exact search
@@ -166,7 +171,7 @@ def funnel(queries: torch.Tensor, items: torch.Tensor, index: CoarseIndex, short
     sizes = index.offsets[1:] - index.offsets[:-1]
     # A query's coarse scores are its probed clusters' items end to end: at most the p largest.
     longest = int(torch.topk(sizes, p).values.sum())
-    per_row = longest * (q.shape[1] + 1) + shortlist * (items.shape[1] + q.shape[1])
+    per_row = longest + shortlist * (items.shape[1] + q.shape[1])  # coarse buffer, re-ranked rows
     step = max(1, int(chunk_mb * 2**20 / (4 * per_row)))
     position = torch.empty(n, dtype=torch.int64, device=items.device)  # item row -> place in index.coarse
     position[index.order] = torch.arange(n, device=items.device)
@@ -193,7 +198,7 @@ def _funnel_chunk(q, items, index: CoarseIndex, shortlist, dim, k, p, position, 
     dc, device = index.dim, q.device
     qv = q[:, :, :dc]
     # The probes: clusters whose centroids score best for the query (max over its interests).
-    centroid_scores = (qv.reshape(b * interests, dc) @ index.centroids.T).view(b, interests, -1).amax(dim=1)
+    centroid_scores = (q[:, :, :dim].reshape(b * interests, dim) @ index.centroids[:, :dim].T).view(b, interests, -1).amax(dim=1)
     probe = torch.topk(centroid_scores, p, dim=1).indices  # [b, p]
     # Row r of the coarse buffer holds the scores of its probed clusters' items end to end:
     # probe slot j from column start[r, j] (no padding to the largest cluster). (Query, slot)
@@ -202,22 +207,26 @@ def _funnel_chunk(q, items, index: CoarseIndex, shortlist, dim, k, p, position, 
     sizes = (index.offsets[1:] - index.offsets[:-1])[probe]
     start = torch.cumsum(sizes, dim=1) - sizes
     width = int((start[:, -1] + sizes[:, -1]).max())
-    scores = buf[:, :width]
+    flat_buf = buf.view(-1)[: b * width]  # contiguous [b, width], so rows start at r * width
+    scores = flat_buf.view(b, width)
     scores.fill_(-math.inf)
     flat = probe.reshape(-1)
     by_cluster = torch.argsort(flat, stable=True)
-    who, first = by_cluster // p, start.reshape(-1)[by_cluster]
+    who = by_cluster // p
+    dest = who * width + start.reshape(-1)[by_cluster]  # where each pair's scores start in flat_buf
+    queries_of = qv[who].reshape(-1, dc)  # pairs' queries, cluster by cluster: slices below, no gathers
     bounds = torch.searchsorted(flat[by_cluster], torch.arange(index.num_clusters + 1, device=device)).tolist()
     offsets = index.offsets.tolist()
+    along = torch.arange(int((index.offsets[1:] - index.offsets[:-1]).max()), device=device)
     for cl in range(index.num_clusters):
         a, z = bounds[cl], bounds[cl + 1]
         if a == z:
             continue
-        w = who[a:z]
-        s = qv[w].reshape(-1, dc) @ index.coarse[offsets[cl] : offsets[cl + 1]].T
+        size = offsets[cl + 1] - offsets[cl]
+        s = queries_of[a * interests : z * interests] @ index.coarse[offsets[cl] : offsets[cl + 1]].T
         if interests > 1:
-            s = s.view(len(w), interests, -1).amax(dim=1)
-        scores[w[:, None], first[a:z, None] + torch.arange(s.shape[1], device=device)] = s
+            s = s.view(z - a, interests, size).amax(dim=1)
+        flat_buf.index_put_(((dest[a:z, None] + along[:size]).view(-1),), s.view(-1))
     if exclude is not None and len(exclude[1]):
         rows = torch.as_tensor(np.repeat(np.arange(b), np.diff(exclude[0])), device=device)
         places = position[torch.as_tensor(exclude[1], device=device)]
