@@ -31,8 +31,11 @@ def pairwise_loss(
     levels: tuple[int, ...],
     weights: tuple[float, ...],
     kind: str,
+    per_level: list | None = None,
 ) -> torch.Tensor:
     """Per-sample loss `[B]` for `u [B, D]`, `pos [B, D]`, `negs [B, J, D]` with J in {1, L}.
+    `per_level` (mrl only): a list that receives each level's unweighted loss summed over the
+    batch, detached (for logging; the returned loss is unchanged).
 
     kind="mrl": sum_l w_l * softplus(s_l(u, j_l) - s_l(u, i)), where j_l = negs[:, l] when
     J = L (MRL-M: one negative per level) and negs[:, 0] at every level when J = 1 (MRL-D).
@@ -47,7 +50,10 @@ def pairwise_loss(
         s_pos = prefix_scores(u, pos.unsqueeze(1), levels)[:, 0, :]  # [B, L]
         s_neg = prefix_scores(u, negs, levels)  # [B, J, L]
         s_neg = torch.diagonal(s_neg, dim1=1, dim2=2) if num_negs > 1 else s_neg[:, 0, :]  # [B, L]
-        return (F.softplus(s_neg - s_pos) * w).sum(dim=1)
+        terms = F.softplus(s_neg - s_pos)
+        if per_level is not None:
+            per_level.extend(terms.detach().sum(dim=0))
+        return (terms * w).sum(dim=1)
     if kind == "bpr":
         s_pos = (u * pos).sum(dim=-1, keepdim=True)  # [B, 1]
         s_neg = torch.einsum("bd,bjd->bj", u, negs)  # [B, J]
@@ -208,8 +214,10 @@ def matryoshka_sampled_softmax(
     pos_id: torch.Tensor | None = None,
     neg_ids: torch.Tensor | None = None,
     pos_log_q: torch.Tensor | None = None,
+    per_level: list | None = None,
 ) -> torch.Tensor:
-    """Per-sample `sum_l w_l * SSM_l` `[B]` for `interests [B, K, D]`, `pos [B, D]`, `negs [N, D]`.
+    """Per-sample `sum_l w_l * SSM_l` `[B]` for `interests [B, K, D]`, `pos [B, D]`, `negs [N, D]`
+    (`per_level`: receives each level's batch sum of SSM_l, detached, as in `pairwise_loss`).
 
     At level l everything is sliced to the first d_l dims: the interest is chosen by
     `select_interest(..., d_l)` (so it may differ between levels), and the IHN weights use the
@@ -230,7 +238,10 @@ def matryoshka_sampled_softmax(
         user = interests[rows, select_interest(interests, pos, d), :d]  # [B, d]
         s_pos = (user * pos[:, :d]).sum(dim=-1)
         s_neg = user @ negs[:, :d].T
-        total = total + w * sampled_softmax_from_scores(s_pos, s_neg, b, neg_log_q, pos_log_q, hits)
+        term = sampled_softmax_from_scores(s_pos, s_neg, b, neg_log_q, pos_log_q, hits)
+        if per_level is not None:
+            per_level.append(term.detach().sum())
+        total = total + w * term
     return total
 
 
@@ -242,9 +253,11 @@ def matryoshka_softmax(
     weights: tuple[float, ...],
     hit_mask: torch.Tensor | None = None,
     pos_index: torch.Tensor | None = None,
+    per_level: list | None = None,
 ) -> torch.Tensor:
     """Per-sample `sum_l w_l * CE_l` `[B]`: at level l, the softmax cross-entropy of the positive
-    against negatives shared by the batch, all scored on the first d_l dims.
+    against negatives shared by the batch, all scored on the first d_l dims (`per_level`:
+    receives each level's batch sum of CE_l, detached, as in `pairwise_loss`).
 
     u `[B, D]`, pos `[B, D]`, negs `[N, D]`; hit_mask `[B, N]` bool drops negative j from row b
     (where it is row b's positive). Equals `matryoshka_sampled_softmax` with one interest and
@@ -261,13 +274,16 @@ def matryoshka_softmax(
         n_blk = u[:, prev:d] @ negs[:, prev:d].T  # [B, N]
         s_neg = n_blk if s_neg is None else s_neg + n_blk
         if pos_index is not None:
-            total = total + w * F.cross_entropy(s_neg, pos_index, reduction="none")
+            term = F.cross_entropy(s_neg, pos_index, reduction="none")
         else:
             p_blk = (u[:, prev:d] * pos[:, prev:d]).sum(dim=1)  # [B]
             s_pos = p_blk if s_pos is None else s_pos + p_blk
             kept = s_neg if hit_mask is None else s_neg.masked_fill(hit_mask, -math.inf)
             # -log(e^{s+} / (e^{s+} + sum_j e^{s_j})) = softplus(logsumexp_j s_j - s+)
-            total = total + w * F.softplus(torch.logsumexp(kept, dim=1) - s_pos)
+            term = F.softplus(torch.logsumexp(kept, dim=1) - s_pos)
+        if per_level is not None:
+            per_level.append(term.detach().sum())
+        total = total + w * term
         prev = d
     return total
 
@@ -278,6 +294,7 @@ def matryoshka_catalogue_softmax(
     pos_id: torch.Tensor,
     levels: tuple[int, ...],
     weights: tuple[float, ...],
+    per_level: list | None = None,
 ) -> torch.Tensor:
     """Per-sample `sum_l w_l * CE_l` `[B]`, the exact full softmax over every item, for
     `interests [B, K, D]`, `catalogue [I, D]` (every item's row, in id order) and the positives'
@@ -289,13 +306,16 @@ def matryoshka_catalogue_softmax(
     interest differs per level, so each level costs its own product.
     """
     if interests.shape[1] == 1:
-        return matryoshka_softmax(interests[:, 0], None, catalogue, levels, weights, pos_index=pos_id)
+        return matryoshka_softmax(interests[:, 0], None, catalogue, levels, weights, pos_index=pos_id, per_level=per_level)
     rows = torch.arange(interests.shape[0], device=interests.device)
     pos = catalogue[pos_id]
     total = interests.new_zeros(interests.shape[0])
     for d, w in zip(levels, weights):
         user = interests[rows, select_interest(interests, pos, d), :d]
-        total = total + w * F.cross_entropy(user @ catalogue[:, :d].T, pos_id, reduction="none")
+        term = F.cross_entropy(user @ catalogue[:, :d].T, pos_id, reduction="none")
+        if per_level is not None:
+            per_level.append(term.detach().sum())
+        total = total + w * term
     return total
 
 

@@ -51,14 +51,15 @@ class MatryoshkaMF(nn.Module):
     def forward(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         b = batch.users.shape[0]
         u = self.tables.users(batch.users)  # [B, D]
+        per_level: list = []  # each level's unweighted loss, summed over the batch (for the logs)
         if self.loss_kind == "softmax":
-            per_sample, regularised = self._softmax(u, batch)
+            per_sample, regularised = self._softmax(u, batch, per_level)
         else:
             negs = self.choose_negatives(u.detach(), batch.cands, batch.global_size)  # [B, J]
             # Positives and chosen negatives share one lookup: one all-to-all instead of two.
             rows = self.tables.items(torch.cat([batch.pos, negs.reshape(-1)]))
             pos, neg = rows[:b], rows[b:].view(b, negs.shape[1], -1)
-            per_sample = losses.pairwise_loss(u, pos, neg, self.levels, self.weights, self.loss_kind)
+            per_sample = losses.pairwise_loss(u, pos, neg, self.levels, self.weights, self.loss_kind, per_level)
             regularised = (u, pos, neg)
         if self.gramian > 0:
             every_item = self.tables.items(torch.arange(self.tables.num_items, device=u.device))
@@ -73,9 +74,12 @@ class MatryoshkaMF(nn.Module):
         # tables), so each rank's share of the global-batch mean is scaled by the world size:
         # exactly the one-process gradient, even when local batches differ in size by one.
         loss = (per_sample.sum() + reg) * batch.world_size / batch.global_size
-        return loss, {"loss_sum": per_sample.detach().sum(), "pairs": torch.tensor(float(b))}
+        stats = {"loss_sum": per_sample.detach().sum(), "pairs": torch.tensor(float(b))}
+        if per_level:  # BPR has no per-level terms
+            stats["level_loss_sum"] = torch.stack(per_level)
+        return loss, stats
 
-    def _softmax(self, u: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    def _softmax(self, u: torch.Tensor, batch: Batch, per_level: list) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
         """Matryoshka softmax of each positive against the batch's shared negatives, at every
         level on that level's prefix (with IHN weights when train.ihn_beta > 0). A negative equal
         to the row's positive is left out, so with the whole catalogue as negatives this is the
@@ -83,7 +87,8 @@ class MatryoshkaMF(nn.Module):
         b = u.shape[0]
         if batch.catalogue:  # every row once; the positives are among them
             negs = self.tables.items(batch.shared)
-            per_sample = losses.matryoshka_softmax(u, None, negs, self.levels, self.weights, pos_index=batch.pos)
+            per_sample = losses.matryoshka_softmax(u, None, negs, self.levels, self.weights, pos_index=batch.pos,
+                                                   per_level=per_level)
             return per_sample, (u, negs[batch.pos])
         # Distinct ids only: positives and negatives overlap, and draws repeat.
         distinct, where = torch.unique(torch.cat([batch.pos, batch.shared]), return_inverse=True)
@@ -92,10 +97,11 @@ class MatryoshkaMF(nn.Module):
         if self.beta > 0:  # interest-aware hard negatives (IHN) weight the sampled negatives
             per_sample = losses.matryoshka_sampled_softmax(
                 u.unsqueeze(1), pos, negs, self.levels, self.weights, beta=self.beta, pos_id=batch.pos, neg_ids=batch.shared,
+                per_level=per_level,
             )
         else:
             hits = batch.shared[None, :] == batch.pos[:, None]  # [B, N]
-            per_sample = losses.matryoshka_softmax(u, pos, negs, self.levels, self.weights, hits)
+            per_sample = losses.matryoshka_softmax(u, pos, negs, self.levels, self.weights, hits, per_level=per_level)
         return per_sample, (u, pos)
 
     def choose_negatives(self, u: torch.Tensor, cands: torch.Tensor, global_size: int) -> torch.Tensor:

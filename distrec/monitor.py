@@ -3,8 +3,8 @@
 Each phase is a TensorBoard run of its own (tb/select, tb/train, tb/refit), so that a refit's
 curves lie over the selection's instead of continuing its steps. The step is the epoch. Tags:
 
-    loss/train                       mean training loss (the sum over matryoshka levels: the
-                                     models return only that sum, not per-level terms)
+    loss/train                       mean training loss (the weighted sum over matryoshka levels)
+    loss/train/dim<d>                each level's own mean loss, unweighted (not for BPR)
     valid/<metric>/dim<d>            validation metrics at each level (test/... with eval.track_test)
     throughput/samples_per_second    training samples per second of training time
     time/epoch_seconds, time/eval_seconds
@@ -60,6 +60,8 @@ class Scalars:
             return
         step = record["epoch"]
         writer.add_scalar("loss/train", record["loss"], step)
+        for dim, value in record.get("level_loss", {}).items():
+            writer.add_scalar(f"loss/train/dim{dim}", value, step)
         writer.add_scalar("throughput/samples_per_second", samples_per_second, step)
         writer.add_scalar("time/epoch_seconds", record["epoch_seconds"], step)
         if "eval_seconds" in record:
@@ -69,7 +71,7 @@ class Scalars:
                 for name, value in metrics.items():
                     writer.add_scalar(f"{split}/{name}/dim{dim}", value, step)
         for key, values in record.items():  # diagnostics (workload.diagnostics), e.g. routing
-            if key in ("valid", "test") or not isinstance(values, dict):
+            if key in ("valid", "test", "level_loss") or not isinstance(values, dict):
                 continue
             for name, value in values.items():
                 if isinstance(value, list):  # one value per interest

@@ -69,15 +69,16 @@ class MultiInterest(nn.Module):
         rows = self.tables.items(torch.cat([batch.hist.reshape(-1), batch.pos, batch.negs]))
         h, pos, negs = rows[: b * length].view(b, length, -1), rows[b * length : b * length + b], rows[b * length + b :]
         interests, attn = self.router(h, batch.mask)
+        per_level: list = []  # each level's unweighted loss, summed over the batch (for the logs)
         if batch.catalogue and self.beta == 0:
             # Every item is a negative: the exact full softmax through the fused cross-entropy.
             # Same value as the general path with the positives dropped as hits, several times
             # faster (IHN, beta > 0, still takes the general path).
-            per_sample = losses.matryoshka_catalogue_softmax(interests, negs, batch.pos, self.levels, self.weights)
+            per_sample = losses.matryoshka_catalogue_softmax(interests, negs, batch.pos, self.levels, self.weights, per_level)
         else:
             per_sample = losses.matryoshka_sampled_softmax(
                 interests, pos, negs, self.levels, self.weights, beta=self.beta,
-                neg_log_q=batch.neg_log_q, pos_id=batch.pos, neg_ids=batch.negs,
+                neg_log_q=batch.neg_log_q, pos_id=batch.pos, neg_ids=batch.negs, per_level=per_level,
             )
         total = per_sample
         if self.rr_lambda > 0:
@@ -85,7 +86,8 @@ class MultiInterest(nn.Module):
         # Each rank's share of the global-batch mean, scaled by the world size: DDP and
         # TorchRec both average gradients over ranks (see model.MatryoshkaMF).
         loss = total.sum() * batch.world_size / batch.global_size
-        return loss, {"loss_sum": per_sample.detach().sum(), "pairs": torch.tensor(float(b))}
+        return loss, {"loss_sum": per_sample.detach().sum(), "pairs": torch.tensor(float(b)),
+                      "level_loss_sum": torch.stack(per_level)}
 
 
 class NegativeSampler:

@@ -321,9 +321,11 @@ def fit(cfg: config.Config, env: parallel.DistEnv, work: Workload, epochs: int, 
         first_batch = at["batch"] if epoch == at["epoch"] + 1 else 0
         carried = at["totals"] if first_batch and env.is_main else None
         t0 = time.perf_counter()
-        loss = train_epoch(model, dense_opts, work, cfg, env, epoch, start=first_batch, carried=carried,
+        loss, level_loss = train_epoch(model, dense_opts, work, cfg, env, epoch, start=first_batch, carried=carried,
                            after_step=lambda done, totals, e=epoch: after_step(e, done, totals))
         record = {"phase": phase, "epoch": epoch, "loss": loss, "epoch_seconds": time.perf_counter() - t0}
+        if level_loss is not None:  # each level's own (unweighted) loss: is a level still learning?
+            record["level_loss"] = {str(d): v for d, v in zip(cfg.model.levels, level_loss)}
         seconds += record["epoch_seconds"]
         improved, stop = False, False
         if not (epoch % cfg.eval.every_epochs and epoch != epochs) and (select or cfg.eval.track_test):
@@ -393,16 +395,20 @@ def _resume(cfg, env, work, model, dense_opts, best: dict, select: bool, out: Pa
 
 
 def train_epoch(model, dense_opts, work: Workload, cfg: config.Config, env: parallel.DistEnv, epoch: int, *,
-                start: int = 0, carried: list | None = None, after_step=None) -> float:
+                start: int = 0, carried: list | None = None, after_step=None) -> tuple[float, list[float] | None]:
     """One pass over the training samples from batch `start` on; returns the mean loss over all
-    ranks' samples (`carried`: the [loss sum, pairs] of the batches before `start`, on rank 0).
-    `after_step(batches done, this rank's totals)` runs after every step (checkpoints)."""
+    ranks' samples and each level's mean unweighted loss (None where the loss has no levels:
+    BPR). `carried`: the [loss sum, pairs, level sums...] of the batches before `start`, on
+    rank 0. `after_step(batches done, this rank's totals)` runs after every step (checkpoints)."""
     total = num_batches(work.num_samples, cfg.train.batch_size)
     # A bar only on a terminal: in a scheduler's log file (torchx, Slurm, Kubernetes) its
     # carriage-return redraws are fragments; the epoch line says all that is needed there.
     bar = tqdm(work.batches(epoch, start), total=total, initial=start, desc=f"epoch {epoch}", leave=False,
                disable=not (cfg.progress and env.is_main and sys.stderr.isatty()), mininterval=1.0)
-    totals = torch.tensor(carried if carried else [0.0, 0.0], dtype=torch.float64)
+    totals = torch.zeros(2 + len(cfg.model.levels), dtype=torch.float64)  # loss sum, pairs, per-level sums
+    if carried:  # a checkpoint written before per-level sums carries only the first two
+        totals[: len(carried)] = torch.tensor(carried, dtype=torch.float64)
+    has_levels = False
     model.train()
     for step, batch in enumerate(bar, start):
         # Dropout masks from a per-step seed: a run resumed at this step draws the same ones.
@@ -417,11 +423,16 @@ def train_epoch(model, dense_opts, work: Workload, cfg: config.Config, env: para
         for opt in dense_opts:
             opt.step()
             opt.zero_grad()
-        totals += torch.stack([stats["loss_sum"].double().cpu(), stats["pairs"].double().cpu()])
+        totals[0] += stats["loss_sum"].double().cpu()
+        totals[1] += stats["pairs"].double().cpu()
+        if "level_loss_sum" in stats:
+            totals[2:] += stats["level_loss_sum"].double().cpu()
+            has_levels = True
         if after_step is not None:
             after_step(step + 1, totals)
     totals = parallel.all_reduce_sum(totals, env)
-    return (totals[0] / totals[1].clamp(min=1)).item()
+    pairs = totals[1].clamp(min=1)
+    return (totals[0] / pairs).item(), (totals[2:] / pairs).tolist() if has_levels else None
 
 
 def _epoch_line(record: dict, epochs: int, dim: str = "", metric: str = "", best_epoch: int | None = None,

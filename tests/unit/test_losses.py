@@ -83,3 +83,30 @@ def test_l2_weights_follow_the_embeddings_device():
     cpu = torch.ones(3, 4)
     assert losses.l2_penalty(cpu, weights=weights).item() == pytest.approx(
         (cpu.pow(2) * weights).sum().item() / 2)
+
+
+def test_per_level_terms_weight_up_to_the_loss_and_leave_it_unchanged():
+    """Each loss's per-level batch sums (logged as loss/train/dim<d>) are its unweighted level
+    terms: weighted by the level weights they add up to the loss, which is bitwise the same
+    with or without asking for them."""
+    g = torch.Generator().manual_seed(1)
+    levels, weights = (2, 4, 8), (0.2, 0.3, 0.5)
+    u, pos = torch.randn(5, 8, generator=g), torch.randn(5, 8, generator=g)
+    negs3, shared = torch.randn(5, 3, 8, generator=g), torch.randn(7, 8, generator=g)
+    interests = torch.randn(5, 2, 8, generator=g)
+    catalogue, pos_id = torch.randn(6, 8, generator=g), torch.tensor([0, 3, 5, 1, 2])
+    cases = {
+        "mrl": lambda **k: losses.pairwise_loss(u, pos, negs3, levels, weights, "mrl", **k),
+        "softmax": lambda **k: losses.matryoshka_softmax(u, pos, shared, levels, weights, **k),
+        "catalogue": lambda **k: losses.matryoshka_softmax(u, None, catalogue, levels, weights, pos_index=pos_id, **k),
+        "sampled_ihn": lambda **k: losses.matryoshka_sampled_softmax(interests, pos, shared, levels, weights, beta=1.0, **k),
+        "catalogue_interests": lambda **k: losses.matryoshka_catalogue_softmax(interests, catalogue, pos_id, levels, weights, **k),
+    }
+    for name, loss in cases.items():
+        per_level: list = []
+        with_terms, without = loss(per_level=per_level), loss()
+        assert torch.equal(with_terms, without), name
+        assert len(per_level) == len(levels), name
+        weighted = sum(w * float(t) for w, t in zip(weights, per_level))
+        assert weighted == pytest.approx(float(without.sum()), rel=1e-5), name
+        assert all(float(t) > 0 for t in per_level), name  # softplus / cross-entropy terms are positive

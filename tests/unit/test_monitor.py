@@ -6,6 +6,7 @@ search calling train.main several times would be."""
 from __future__ import annotations
 
 import json
+import math
 import logging
 import os
 import re
@@ -67,6 +68,9 @@ def test_a_run_logs_time_stamped_epoch_lines_and_tensorboard_scalars_without_bar
         for name in ("recall@5", "ndcg@5", "recall@20", "ndcg@20"):
             assert scalars[f"valid/{name}/dim{dim}"] == [(r["epoch"], pytest.approx(r["valid"][dim][name])) for r in records]
     assert scalars["loss/train"] == [(r["epoch"], pytest.approx(r["loss"])) for r in records]
+    for dim in ("4", "8", "16"):  # each level's own loss, as metrics.jsonl's level_loss records it
+        assert scalars[f"loss/train/dim{dim}"] == [(r["epoch"], pytest.approx(r["level_loss"][dim])) for r in records]
+    assert all(0 < v < math.inf for r in records for v in r["level_loss"].values())
     for tag in ("throughput/samples_per_second", "time/epoch_seconds", "time/eval_seconds"):
         assert [step for step, _ in scalars[tag]] == [1, 2] and min(v for _, v in scalars[tag]) > 0
     assert not any(tag.startswith("test/") for tag in scalars)  # eval.track_test is off
