@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import socket
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -534,3 +535,28 @@ def test_errors(runs, tmp_path):
         call(remi, "--histories", bad)
     with pytest.raises(retrieve.RetrieveError, match=r"h.txt, line 2: a user with no history items"):
         call(remi, "--histories", _write(tmp_path / "h.txt", [f"1000 {item}", "1003"]))
+
+
+def test_serving_needs_no_trainer(runs, tmp_path):
+    """A multi-interest run (router and all) is served by a process that never imports TorchRec,
+    fbgemm, torch.distributed's process groups or distrec's training modules, with its
+    training data and config moved away: the exports alone are enough."""
+    moved = tmp_path / "served"
+    shutil.copytree(runs["remi"] / "embeddings", moved)  # no config.yaml, data/ or checkpoints beside it
+    code = (
+        "import sys\n"
+        "from distrec import retrieve\n"
+        f"table = retrieve.main(['--run', {str(moved)!r}, '--dim', '8', '--k', '5', '--all', '--exclude-seen',"
+        f" '--out', {str(tmp_path / 'top.parquet')!r}])\n"
+        "assert table.num_rows > 0\n"
+        "loaded = [m for m in sys.modules if m.startswith(('torchrec', 'fbgemm', 'distrec.train', 'distrec.parallel',"
+        " 'distrec.workload', 'distrec.embeddings', 'distrec.data'))]\n"
+        "assert not loaded, loaded\n"
+        "import torch.distributed as dist\n"
+        "assert not dist.is_initialized()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    served = pq.read_table(tmp_path / "top.parquet")
+    direct = call(runs["remi"], "--dim", 8, "--k", 5, "--all", "--exclude-seen", "--out", tmp_path / "direct.parquet")
+    assert served.equals(direct)
