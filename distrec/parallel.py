@@ -11,7 +11,6 @@ import dataclasses
 import logging
 import os
 import warnings
-import socket
 from datetime import timedelta
 
 import torch
@@ -60,10 +59,10 @@ def init(device: str = "auto", timeout_s: int = 1800) -> DistEnv:
         raise ConfigError("device=cuda, but no GPU is visible to this process (torch.cuda.is_available() is "
                           "false); use device=cpu, or device=auto (cuda when a GPU is visible)")
     env = os.environ
-    if "RANK" not in env:
-        env.setdefault("MASTER_ADDR", "127.0.0.1")
-        env.setdefault("MASTER_PORT", str(_free_port()))
-        env.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+    # Not under a launcher: a group of one over an in-process store. Nothing goes into
+    # os.environ, so a process that trains or exports in-process (a notebook, the tests) leaves
+    # no RANK or MASTER_PORT behind for the processes it starts later, and holds no port.
+    alone = "RANK" not in env
     local_rank = int(env.get("LOCAL_RANK", "0"))
     if use_cuda:
         torch.cuda.set_device(local_rank)
@@ -72,8 +71,10 @@ def init(device: str = "auto", timeout_s: int = 1800) -> DistEnv:
         dev = torch.device("cpu")
     backend = "nccl" if use_cuda else "gloo"
     if not dist.is_initialized():
-        store = _restart_store(timedelta(seconds=timeout_s))
-        if store is None:
+        store = dist.HashStore() if alone else _restart_store(timedelta(seconds=timeout_s))
+        if alone:
+            dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s), store=store, rank=0, world_size=1)
+        elif store is None:
             dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s))
         else:
             dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s), store=store,
@@ -108,12 +109,6 @@ def _restart_store(timeout: timedelta) -> dist.Store | None:
 def shutdown() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def shard(model: nn.Module, env: DistEnv, cfg: ModelConfig, table_names: dict[str, str]) -> DistributedModelParallel:
