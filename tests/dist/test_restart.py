@@ -127,7 +127,10 @@ def test_sigterm_on_one_process_exits_143_with_one_line_and_resumes_exactly(tmp_
     job.send_signal(signal.SIGTERM)
     _, err = job.communicate(timeout=60)
     assert job.returncode == preemption.EXIT_CODE == 143
-    assert err.strip().startswith("preempted (SIGTERM) at epoch 2, batch") and "Traceback" not in err, err
+    # The signal lands at a step of epoch 2, or (on a loaded machine) while epoch 1's end is still
+    # being written: both stop at the next boundary, and the resume must be exact either way.
+    assert re.match(r"preempted \(SIGTERM\) (at epoch 2, batch \d+/\d+|after epoch 1);", err.strip()), err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     again = subprocess.run([*cmd, f"run_dir={run}"], cwd=ROOT, env=env, capture_output=True, text=True)
     assert again.returncode == 0 and "resumed from" in again.stdout, again.stderr[-2000:]
     _same_tables(tmp_path / "straight", run)
