@@ -14,7 +14,7 @@ there is one), a funnel (`--funnel COARSE_DIM:N`: shortlist N at a coarse prefix
 Users: `--all` (every user of the run), `--users FILE` (one raw user id per line). A
 multi-interest run's user is its history: the user's sequence in the run's data, or
 `--histories FILE` (lines `user item item ...`, oldest first; ids as in the training data).
-Imports: numpy, pyarrow, torch, distrec.manifest / topk / towers / ann (lazily).
+Imports: numpy, pyarrow, torch, distrec.manifest / topk / towers / data.ingest, ann (lazily).
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ import torch
 
 from distrec import manifest as manifests
 from distrec import topk
+from distrec.data import DataError, ingest
 from distrec.towers import build_router
 
 SPLIT_CODES = {"train": 0, "valid": 1, "test": 2}
@@ -138,31 +139,20 @@ def user_rows(path: str | Path, bundle: Bundle) -> np.ndarray:
 
 
 def read_histories(path: str | Path, bundle: Bundle) -> tuple[np.ndarray, topk.Csr]:
-    """(raw user ids, CSR of item rows oldest first) of lines `user item item ...`."""
+    """(raw user ids, CSR of item rows oldest first) of lines `user item item ...`: the
+    `user_lines` format of training data, read by the same vectorised reader (ids may be
+    integers or strings; an error names the file and line)."""
     try:
-        lines = Path(path).read_text(encoding="utf-8-sig").splitlines()
-    except (OSError, UnicodeDecodeError) as err:
-        raise RetrieveError(f"{path}: cannot read ({err})") from None
-    users, counts, items, line_of = [], [], [], []
-    for number, line in enumerate(lines, 1):
-        fields = line.split()
-        if not fields or fields[0].startswith("#"):
-            continue
-        if len(fields) < 2:
-            raise RetrieveError(f"{path}, line {number}: a user with no history items (expected `user item item ...`)")
-        users.append(fields[0])
-        counts.append(len(fields) - 1)
-        items.extend(fields[1:])
-        line_of.extend([number] * (len(fields) - 1))
-    if not users:
-        raise RetrieveError(f"{path}: no histories")
-    rows = rows_of(np.array(items), bundle.item_ids, "item", str(path), np.array(line_of))
-    indptr = np.zeros(len(users) + 1, np.int64)
-    np.cumsum(counts, out=indptr[1:])
-    users = np.array(users)
-    if bundle.item_ids.dtype.kind in "iu" and all(u.lstrip("-").isdigit() for u in users):
-        users = users.astype(np.int64)  # integer ids, like --users and --all give them on this run
-    return users, (indptr, rows)
+        pairs = ingest.read_user_lines(path, "--histories")
+    except DataError as err:
+        raise RetrieveError(str(err)) from None
+    if pairs.stats["user_only"]:
+        raise RetrieveError(f"{path}: {pairs.stats['user_only']} line(s) give a user and no history items "
+                            "(expected `user item item ...`)")
+    first = np.flatnonzero(np.diff(pairs.lines, prepend=-1) != 0)  # each line's first pair
+    items = pairs.items if pairs.item_names is None else pairs.item_names[pairs.items]
+    rows = rows_of(items, bundle.item_ids, "item", str(path), pairs.lines)
+    return pairs.raw_users(first), (np.append(first, len(items)).astype(np.int64), rows)
 
 
 def run_histories(bundle: Bundle, rows: np.ndarray) -> topk.Csr:

@@ -525,21 +525,22 @@ def test_errors(runs, tmp_path):
         call(mf, "--users", _write(tmp_path / "users.txt", ["3", "U1"]))
     with pytest.raises(retrieve.RetrieveError, match=r"s.txt, line 3: unknown user id 'U9999'"):
         call(runs["strings"], "--users", _write(tmp_path / "s.txt", ["U0001", "", "U9999"]))
-    # Histories: the file's line, comments and blank lines counted; a directory named "line 9" changes nothing.
+    # Histories: the file's line, blank lines counted; a directory named "line 9" changes nothing.
     item = int(np.load(remi / "embeddings" / "item_ids.npy")[0])
     where = tmp_path / "a line 9"
     where.mkdir()
-    bad = _write(where / "h.txt", ["# user items", f"1000 {item} {item}", "", f"1003 {item} {item} 5"])  # 5th item, 4th line
+    bad = _write(where / "h.txt", [f"1001 {item}", f"1000 {item} {item}", "", f"1003 {item} {item} 5"])  # 6th item, 4th line
     with pytest.raises(retrieve.RetrieveError,
                        match=r"h.txt, line 4: unknown item id 5 \(1 unknown in all; the run has 60 items\)"):
         call(remi, "--histories", bad)
-    with pytest.raises(retrieve.RetrieveError, match=r"h.txt, line 2: a user with no history items"):
+    with pytest.raises(retrieve.RetrieveError, match=r"h.txt: 1 line\(s\) give a user and no history items"):
         call(remi, "--histories", _write(tmp_path / "h.txt", [f"1000 {item}", "1003"]))
 
 
 def test_serving_needs_no_trainer(runs, tmp_path):
     """A multi-interest run (router and all) is served by a process that never imports TorchRec,
-    fbgemm, torch.distributed's process groups or distrec's training modules, with its
+    fbgemm, torch.distributed's process groups or distrec's training modules (it reads a
+    --histories file with the data package's reader, nothing more), with its
     training data and config moved away: the exports alone are enough."""
     moved = tmp_path / "served"
     shutil.copytree(runs["remi"] / "embeddings", moved)  # no config.yaml, data/ or checkpoints beside it
@@ -550,7 +551,7 @@ def test_serving_needs_no_trainer(runs, tmp_path):
         f" '--out', {str(tmp_path / 'top.parquet')!r}])\n"
         "assert table.num_rows > 0\n"
         "loaded = [m for m in sys.modules if m.startswith(('torchrec', 'fbgemm', 'distrec.train', 'distrec.parallel',"
-        " 'distrec.workload', 'distrec.embeddings', 'distrec.data'))]\n"
+        " 'distrec.workload', 'distrec.embeddings', 'distrec.model', 'distrec.multi_interest'))]\n"
         "assert not loaded, loaded\n"
         "import torch.distributed as dist\n"
         "assert not dist.is_initialized()\n"
