@@ -149,6 +149,22 @@ class CoarseIndex:
         offsets[1:] = torch.cumsum(torch.bincount(assign, minlength=c), 0)
         return cls(dim, centroids, order, offsets, items[order, :dim].float().contiguous())
 
+    def lists(self) -> dict[str, torch.Tensor]:
+        """What the clustering found, for any coarse dimension: save it, `with_lists` it back."""
+        return {"centroids": self.centroids.cpu(), "order": self.order.cpu(), "offsets": self.offsets.cpu()}
+
+    @classmethod
+    def with_lists(cls, lists: dict[str, torch.Tensor], items: torch.Tensor, dim: int) -> "CoarseIndex":
+        """The index of `items` over saved `lists`, at coarse dimension `dim` (the clusters do
+        not depend on it: they are of the full vectors)."""
+        device = items.device
+        order, offsets = lists["order"].to(device), lists["offsets"].to(device)
+        if order.shape != (items.shape[0],) or int(offsets[-1]) != items.shape[0] \
+                or lists["centroids"].shape[1] != items.shape[1]:
+            raise ValueError(f"saved lists for {order.shape[0]} items of dim {lists['centroids'].shape[1]}, "
+                             f"not this table's {tuple(items.shape)}")
+        return cls(dim, lists["centroids"].to(device), order, offsets, items[order, :dim].float().contiguous())
+
 
 def _nearest(x: torch.Tensor, centroids: torch.Tensor, rows: int = 65536) -> torch.Tensor:
     out = []

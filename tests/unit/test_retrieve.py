@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import socket
+import os
 import shutil
 import subprocess
 import sys
@@ -289,6 +290,34 @@ def test_funnel_through_retrieve(runs, tmp_path):
         # A funnel is not the exact search here (or this test could not tell them apart).
         assert not np.allclose(scores, per_user(call(run, "--dim", dim, "--k", K, "--all", "--exclude-seen", "--out",
                                                      tmp_path / "e.parquet"), t["user_ids"], t["item_ids"], K)[1])
+
+
+def test_funnel_lists_are_clustered_once_and_kept_beside_the_tables(runs, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    shutil.copytree(runs["mf"] / "embeddings", run / "embeddings")
+    args = ("--dim", 64, "--k", K, "--all", "--exclude-seen", "--funnel", "8:20", "--clusters", 12, "--probes", 3)
+    built = []
+    real = topk.CoarseIndex.build
+    monkeypatch.setattr(topk.CoarseIndex, "build", classmethod(lambda cls, *a, **k: built.append(1) or real(*a, **k)))
+    first = call(run, *args, "--out", tmp_path / "a.parquet")
+    kept = list((run / "embeddings" / "funnel").glob("lists-12-*.pt"))
+    assert len(built) == 1 and len(kept) == 1
+    # Reused at any coarse dimension (the clusters are of the full vectors), with the same lists.
+    assert call(run, *args, "--out", tmp_path / "b.parquet").equals(first) and len(built) == 1
+    call(run, *args[:-5], "16:20", *args[-4:], "--out", tmp_path / "c.parquet")
+    assert len(built) == 1
+    # A damaged file is clustered again (and replaced); a read-only export is clustered each time.
+    kept[0].write_bytes(b"not a torch file")
+    assert call(run, *args, "--out", tmp_path / "d.parquet").equals(first) and len(built) == 2
+    shutil.rmtree(run / "embeddings" / "funnel")
+    (run / "embeddings").chmod(0o555)
+    try:
+        if os.access(run / "embeddings", os.W_OK):  # root ignores the mode: nothing more to check
+            return
+        assert call(run, *args, "--out", tmp_path / "e.parquet").equals(first) and len(built) == 3
+        assert not (run / "embeddings" / "funnel").exists()
+    finally:
+        (run / "embeddings").chmod(0o755)
 
 
 def clustered(rng: np.random.Generator, n: int, dim: int, centers: int = 40, spread: float = 0.35) -> np.ndarray:
