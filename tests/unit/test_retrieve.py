@@ -590,3 +590,23 @@ def test_serving_needs_no_trainer(runs, tmp_path):
     served = pq.read_table(tmp_path / "top.parquet")
     direct = call(runs["remi"], "--dim", 8, "--k", 5, "--all", "--exclude-seen", "--out", tmp_path / "direct.parquet")
     assert served.equals(direct)
+
+
+def test_tsv_quotes_only_ids_that_need_it(tmp_path):
+    import io
+
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    table = pa.table({"user": ["plain", 'tab\there', 'quo"te'], "rank": np.array([1, 1, 1], np.int32),
+                      "item": ["a", "b", "c"], "score": np.array([0.5, 0.25, 0.125], np.float32)})
+    for t, quoted in ((table.slice(0, 1), False), (table, True)):
+        raw = io.BytesIO()
+        out = io.TextIOWrapper(raw, encoding="utf-8", write_through=True)  # stdout's shape: text over bytes
+        retrieve.write_tsv(t, out)
+        out.detach()  # keep raw open
+        text = raw.getvalue().decode()
+        assert text.startswith("user\trank\titem\tscore\n") and ('"' in text) == quoted, text
+        back = pacsv.read_csv(io.BytesIO(raw.getvalue()), parse_options=pacsv.ParseOptions(delimiter="\t"))
+        assert back.column("user").to_pylist() == t.column("user").to_pylist()
+        assert back.column("score").to_pylist() == t.column("score").to_pylist()
