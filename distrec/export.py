@@ -30,7 +30,7 @@ run's own end-of-run export holds it.
 
 Errors (no such run, no complete checkpoint, a checkpoint of another model or data set, data
 files that moved, an existing --out) are one line on stderr and exit status 2.
-Imports: torch, distrec.checkpoint, config, evaluate, outputs, parallel, rundir, workload.
+Imports: torch, distrec.checkpoint, config, parallel, rundir, workload.
 """
 
 from __future__ import annotations
@@ -49,10 +49,9 @@ import torch
 import torch.distributed.checkpoint as dcp
 import yaml
 
-from distrec import checkpoint, config, outputs, parallel, rundir
+from distrec import checkpoint, config, parallel, rundir
 from distrec.config import ConfigError
 from distrec.data import DataError
-from distrec.evaluate import gather_table
 from distrec.manifest import ManifestError
 from distrec.workload import build_workload
 
@@ -107,30 +106,23 @@ def main(argv: list[str] | None = None) -> Path:
         if not args.out:  # replaced by a newer one while read: name the export after the one read
             out = run / "exports" / _label(kind, run, path, extra)
             _check_out(out, args.force, run)
-        tables = model.module.tables
-        users = gather_table(tables.users, work.num_users, env) if work.num_users else None
-        items = gather_table(tables.items, work.num_items, env)
-        router = getattr(model.module, "router", None)
+        epoch = _epoch(kind, run, path, extra)
+        origin = {"written_by": "export", "checkpoint": str(path.resolve()), "kind": kind, "epoch": epoch}
+        if kind != "best" and extra.get("batch"):
+            origin["batch"] = extra["batch"]  # a mid-epoch checkpoint: `batch` batches of epoch `epoch + 1`
+        if args.overrides:
+            origin["overrides"] = list(args.overrides)
+        # The run's own settings (not the CPU rebuild's) go into the manifest and config hash.
+        _write(out, lambda tmp: work.export(model, env, out.parent, resolved=resolved, origin=origin, out_dir=tmp))
     finally:
         parallel.shutdown()
 
-    epoch = _epoch(kind, run, path, extra)
-    origin = {"written_by": "export", "checkpoint": str(path.resolve()), "kind": kind, "epoch": epoch}
-    if kind != "best" and extra.get("batch"):
-        origin["batch"] = extra["batch"]  # a mid-epoch checkpoint: `batch` batches of epoch `epoch + 1`
-    if args.overrides:
-        origin["overrides"] = list(args.overrides)
-    _write(out, lambda tmp: outputs.export_embeddings(
-        out.parent, users, items, work.user_raw, work.item_raw, resolved=resolved,
-        interactions=work.interactions() if work.interactions else None,
-        encoder=(work.encoder_spec, router.state_dict()) if work.encoder_spec is not None else None,
-        origin=origin, out_dir=tmp))
     levels = list(cfg.model.levels)
     where = "epoch unknown" if epoch is None else f"epoch {epoch}"
     if "batch" in origin:
         where += f" + {origin['batch']} batches"
     print(f"exported {path} ({where}) to {out}: {work.num_items} items"
-          + (f", {work.num_users} users" if users is not None else "") + f", dim {cfg.model.dim}, levels {levels}")
+          + (f", {work.num_users} users" if work.num_users else "") + f", dim {cfg.model.dim}, levels {levels}")
     print(f"retrieve from it: python -m distrec.retrieve --run {shlex.quote(str(out))} --dim {levels[-1]} --k 100 --all"
           f"  (--dim: any of {levels})")
     return out

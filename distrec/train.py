@@ -32,7 +32,6 @@ from tqdm import tqdm
 from distrec import checkpoint, config, console, counters, monitor, outputs, parallel, preemption, rundir
 from distrec.data import DataError
 from distrec.data.batches import num_batches
-from distrec.evaluate import gather_table
 from distrec.workload import Workload, build_workload
 
 USAGE = "usage: python -m distrec.train [--config configs/NAME.yaml] [--print-config] [key.sub=value ...]"
@@ -199,16 +198,9 @@ def _run(cfg: config.Config, env: parallel.DistEnv, out: Path, resuming: bool, s
     seconds["test"] = time.perf_counter() - t0
     result = {"test": test, "valid": best["valid"], "best_epoch": best["epoch"], "train_seconds": seconds["train"],
               "refit": phase == "refit", "seconds": seconds}
-    tables = model.module.tables
-    users = gather_table(tables.users, work.num_users, env) if work.num_users else None
-    items = gather_table(tables.items, work.num_items, env)
+    work.export(model, env, out, resolved=config.to_dict(cfg), origin={"written_by": "train", "epoch": best["epoch"],
+                                                                        "phase": phase})
     if env.is_main:
-        router = getattr(model.module, "router", None)
-        outputs.export_embeddings(
-            out, users, items, work.user_raw, work.item_raw, resolved=config.to_dict(cfg),
-            interactions=work.interactions() if work.interactions else None,
-            encoder=(work.encoder_spec, router.state_dict()) if work.encoder_spec is not None else None,
-            origin={"written_by": "train", "epoch": best["epoch"], "phase": phase})
         outputs.write_json(out / "metrics.json", result)
         which = {"select": "the best validation epoch", "refit": "the refit model", "train": "the last epoch"}[phase]
         _print_table(test, which)

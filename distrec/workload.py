@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from distrec import counters, evaluate, losses, parallel
+from distrec import counters, evaluate, losses, outputs, parallel
 from distrec.config import Config
 from distrec.data import InteractionData, load_dataset
 from distrec.data.dataset import print_warning
@@ -71,6 +71,21 @@ class Workload:
             self.encoder(model, split), tables.items, self.num_items, env, targets, exclude,
             cfg.model.levels, cfg.eval.ks, cfg.eval.chunk_mb, self.num_interests, self.hitrate, rows=rows,
         )
+
+
+    def export(self, model: nn.Module, env: parallel.DistEnv, run_dir: Path, *, resolved: dict, origin: dict,
+               out_dir: Path | None = None) -> None:
+        """`model`'s serving bundle (outputs.export_embeddings): every rank takes part in
+        gathering the sharded tables, rank 0 writes them with the run's interactions and router."""
+        inner = _inner(model)
+        users = evaluate.gather_table(inner.tables.users, self.num_users, env) if self.num_users else None
+        items = evaluate.gather_table(inner.tables.items, self.num_items, env)
+        if env.is_main:
+            outputs.export_embeddings(
+                run_dir, users, items, self.user_raw, self.item_raw, resolved=resolved,
+                interactions=self.interactions() if self.interactions else None,
+                encoder=(self.encoder_spec, inner.router.state_dict()) if self.encoder_spec is not None else None,
+                origin=origin, out_dir=out_dir)
 
 
 def digest(*arrays: np.ndarray) -> str:
@@ -140,23 +155,15 @@ def mrl4rec_workload(cfg: Config, env: parallel.DistEnv, data: InteractionData) 
         user_raw=data.user_raw, item_raw=data.item_raw,
         refit=lambda: _refit_workload(cfg, env, data, csr),
         data_hash=functools.cache(lambda: digest(data.train_users, data.train_items)),
-        interactions=lambda: _split_pairs(data),
+        interactions=data.split_columns,
     )
-
-
-def _split_pairs(data: InteractionData) -> dict[str, np.ndarray]:
-    """Every (user, item) pair with its split: 0 train, 1 validation, 2 test."""
-    splits = ("train", "valid", "test")
-    return {"user": np.concatenate([data.pairs(s)[0] for s in splits]),
-            "item": np.concatenate([data.pairs(s)[1] for s in splits]),
-            "split": np.concatenate([np.full(data.pairs(s)[0].size, code, np.int8) for code, s in enumerate(splits)])}
 
 
 def _refit_workload(cfg: Config, env: parallel.DistEnv, data: InteractionData, csr: dict) -> Workload:
     merged = mrl4rec_workload(cfg, env, data.merge_valid_into_train())
     # Test on the original splits: train and validation items are both masked.
     merged.eval_sets = {"valid": (csr["valid"], [csr["train"]]), "test": (csr["test"], [csr["train"], csr["valid"]])}
-    merged.interactions = lambda: _split_pairs(data)  # the exports keep the original splits
+    merged.interactions = data.split_columns  # the exports keep the original splits
     return merged
 
 
