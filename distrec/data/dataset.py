@@ -83,6 +83,13 @@ class InteractionData:
         np.cumsum(np.bincount(users, minlength=self.num_users), out=indptr[1:])
         return indptr, items
 
+    def split_columns(self) -> dict[str, np.ndarray]:
+        """Every pair once, as columns `user`, `item` and `split` (int8: 0 train, 1 validation,
+        2 test): the layout of data/interactions.parquet and of the exports'."""
+        return {"user": np.concatenate([self.pairs(s)[0] for s in SPLITS]),
+                "item": np.concatenate([self.pairs(s)[1] for s in SPLITS]),
+                "split": np.concatenate([np.full(self.pairs(s)[0].size, code, np.int8) for code, s in enumerate(SPLITS)])}
+
     def merge_valid_into_train(self) -> "InteractionData":
         """The same data with the validation pairs moved back into train (for a final refit)."""
         keys = np.sort(np.concatenate([self.train_users * self.num_items + self.train_items,
@@ -427,13 +434,7 @@ def write_cache(data: InteractionData, out_dir: str | Path) -> Path:
     tag = f".tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     temp = {name: out / f".{name}{tag}" for name in DATASET_FILES}
     try:
-        codes = [np.full(data.pairs(s)[0].size, code, np.int8) for code, s in enumerate(SPLITS)]
-        interactions = pa.table({
-            "user": np.concatenate([data.pairs(s)[0] for s in SPLITS]),
-            "item": np.concatenate([data.pairs(s)[1] for s in SPLITS]),
-            "split": np.concatenate(codes),
-        })
-        pq.write_table(interactions, temp["interactions.parquet"])
+        pq.write_table(pa.table(data.split_columns()), temp["interactions.parquet"])
         pq.write_table(pa.table({"id": np.arange(data.num_users), "raw": data.user_raw}), temp["users.parquet"])
         pq.write_table(pa.table({"id": np.arange(data.num_items), "raw": data.item_raw}), temp["items.parquet"])
         with open(temp["report.json"], "w") as f:
