@@ -35,9 +35,11 @@ import torch
 from distrec import manifest as manifests
 from distrec import topk
 from distrec.data import DataError, ingest
+from distrec.data.dataset import SPLITS
+from distrec.data.sequences import csr_windows, ranges
 from distrec.towers import build_router
 
-SPLIT_CODES = {"train": 0, "valid": 1, "test": 2}
+SPLIT_CODES = {name: code for code, name in enumerate(SPLITS)}  # as interactions.parquet stores them
 
 
 class RetrieveError(ValueError):
@@ -160,31 +162,23 @@ def read_histories(path: str | Path, bundle: Bundle) -> tuple[np.ndarray, topk.C
 def run_histories(bundle: Bundle, rows: np.ndarray) -> topk.Csr:
     """The sequences (item rows in time order) of user rows in the run's data."""
     data = bundle.interactions()
-    order = np.lexsort((data["position"], data["user"]))
-    user, item = data["user"][order], data["item"][order]
-    starts = np.searchsorted(user, rows, side="left")
-    ends = np.searchsorted(user, rows, side="right")
-    return _segments(item, starts, ends)
+    return _user_lists(data["user"], data["item"], np.lexsort((data["position"], data["user"])), rows)
 
 
-def _segments(values: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> topk.Csr:
-    counts = ends - starts
-    indptr = np.zeros(len(counts) + 1, np.int64)
-    np.cumsum(counts, out=indptr[1:])
-    at = np.repeat(starts - indptr[:-1], counts) + np.arange(indptr[-1])
-    return indptr, values[at]
+def _user_lists(user: np.ndarray, item: np.ndarray, order: np.ndarray, rows: np.ndarray) -> topk.Csr:
+    """CSR over `rows` of each user row's items, in `order` (an ordering of the pairs by user)."""
+    user, item = user[order], item[order]
+    starts, ends = np.searchsorted(user, rows, "left"), np.searchsorted(user, rows, "right")
+    indptr = np.zeros(len(rows) + 1, np.int64)
+    np.cumsum(ends - starts, out=indptr[1:])
+    return indptr, item[np.repeat(starts, ends - starts) + ranges(ends - starts)]
 
 
 def windows(histories: topk.Csr, max_len: int) -> tuple[np.ndarray, np.ndarray]:
-    """(ids [B, max_len], mask) of each history's last max_len items, left-aligned as in training
-    (`data.sequences.history_windows`)."""
+    """(ids [B, max_len], mask) of each history's last max_len items, left-aligned as training
+    and evaluation window them (`data.sequences.csr_windows`)."""
     indptr, items = histories
-    counts = np.minimum(np.diff(indptr), max_len)
-    starts = indptr[1:] - counts
-    mask = np.arange(max_len)[None, :] < counts[:, None]
-    ids = np.zeros((len(counts), max_len), np.int64)
-    ids[mask] = items[np.repeat(starts, counts) + (np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts))]
-    return ids, mask
+    return csr_windows(indptr, items, np.arange(len(indptr) - 1), np.diff(indptr), max_len)
 
 
 @torch.no_grad()
@@ -207,9 +201,7 @@ def seen_items(bundle: Bundle, rows: np.ndarray, splits: tuple[str, ...]) -> top
     if "split" in data:
         keep = np.isin(data["split"], [SPLIT_CODES[s] for s in splits])
     user, item = data["user"][keep], data["item"][keep]
-    order = np.argsort(user, kind="stable")
-    user, item = user[order], item[order]
-    return _segments(item, np.searchsorted(user, rows, "left"), np.searchsorted(user, rows, "right"))
+    return _user_lists(user, item, np.argsort(user, kind="stable"), rows)
 
 
 def parse_funnel(text: str, dim: int) -> tuple[int, int]:

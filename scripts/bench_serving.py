@@ -64,11 +64,8 @@ def test_queries(run: Path, bundle: retrieve.Bundle):
         exclude = histories if cfg.eval.mask_history else None
         return queries, exclude, targets, reported
     inter = bundle.interactions()
-    test = inter["split"] == 2
-    users = np.unique(inter["user"][test])
-    order = np.argsort(inter["user"][test], kind="stable")
-    t_users, t_items = inter["user"][test][order], inter["item"][test][order]
-    targets = retrieve._segments(t_items, np.searchsorted(t_users, users, "left"), np.searchsorted(t_users, users, "right"))
+    users = np.unique(inter["user"][inter["split"] == retrieve.SPLIT_CODES["test"]])
+    targets = retrieve.seen_items(bundle, users, ("test",))  # the test pairs, as user lists
     exclude = retrieve.seen_items(bundle, users, ("train", "valid"))
     return bundle.users[torch.as_tensor(users)], exclude, targets, reported
 

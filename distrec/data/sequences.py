@@ -152,15 +152,23 @@ def history_windows(
     if bad.size:
         b = bad[0]
         raise ValueError(f"ends[{b}] = {ends[b]} is outside [1, {lengths[b]}], the sequence of user {users[b]}")
+    return csr_windows(data.seq_indptr, data.seq_items, users, ends, max_len, align)
+
+
+def csr_windows(indptr: np.ndarray, items: np.ndarray, rows: np.ndarray, ends: np.ndarray, max_len: int,
+                align: str = "left") -> tuple[np.ndarray, np.ndarray]:
+    """`history_windows` over any CSR of sequences (row r: items[indptr[r]:indptr[r+1]]), unchecked:
+    the last <= max_len items before `ends[b]` of row `rows[b]`. Serving windows its histories
+    through this too, so a served user sees exactly what evaluation shows the model."""
     count = np.minimum(ends, max_len)  # [B] real items per row
     column = np.arange(max_len)
     if align == "left":
-        index = (data.seq_indptr[users] + ends - count)[:, None] + column
+        index = (indptr[rows] + ends - count)[:, None] + column
         mask = column < count[:, None]
     else:
-        index = (data.seq_indptr[users] + ends - max_len)[:, None] + column
+        index = (indptr[rows] + ends - max_len)[:, None] + column
         mask = column >= (max_len - count)[:, None]
-    ids = data.seq_items[np.where(mask, index, 0)]  # padded cells read item 0's slot, then become 0
+    ids = items[np.where(mask, index, 0)]  # padded cells read item 0's slot, then become 0
     ids[~mask] = 0
     return ids, mask
 
