@@ -89,11 +89,8 @@ def export_embeddings(run_dir: Path, users, items, user_raw, item_raw, *, resolv
         spec, state = encoder
         state = {k: v.detach().cpu() for k, v in state.items()}
         _atomic_write(out / "router.pt", lambda p: torch.save(state, p))
-    num_users = 0 if users is None else arrays["user_embeddings"].shape[0]
-    if num_users == 0 and user_raw is not None:
-        num_users = len(arrays["user_ids"])
     manifest.write(out, manifest.build(
-        resolved, num_users=num_users, num_items=arrays["item_embeddings"].shape[0], has_user_table=users is not None,
+        resolved, num_users=0 if user_raw is None else len(arrays["user_ids"]), num_items=arrays["item_embeddings"].shape[0], has_user_table=users is not None,
         has_user_ids=user_raw is not None, interactions="interactions.parquet" if interactions is not None else None,
         encoder=None if encoder is None else {"weights": "router.pt", "router": encoder[0]},
         origin=origin or {"written_by": "train"}), _atomic_write)

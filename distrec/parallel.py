@@ -71,14 +71,13 @@ def init(device: str = "auto", timeout_s: int = 1800) -> DistEnv:
         dev = torch.device("cpu")
     backend = "nccl" if use_cuda else "gloo"
     if not dist.is_initialized():
-        store = dist.HashStore() if alone else _restart_store(timedelta(seconds=timeout_s))
-        if alone:
-            dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s), store=store, rank=0, world_size=1)
-        elif store is None:
-            dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s))
+        timeout = timedelta(seconds=timeout_s)
+        store = dist.HashStore() if alone else _restart_store(timeout)
+        if store is None:  # under a launcher: its environment rendezvous
+            dist.init_process_group(backend=backend, timeout=timeout)
         else:
-            dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s), store=store,
-                                    rank=int(env["RANK"]), world_size=int(env["WORLD_SIZE"]))
+            rank, size = (0, 1) if alone else (int(env["RANK"]), int(env["WORLD_SIZE"]))
+            dist.init_process_group(backend=backend, timeout=timeout, store=store, rank=rank, world_size=size)
     return DistEnv(
         rank=dist.get_rank(),
         world_size=dist.get_world_size(),
