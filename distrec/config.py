@@ -49,6 +49,8 @@ CHOICES = {
     "train.loss": LOSSES,
     "train.sampler": SAMPLERS,
     "train.mns_pool": ("per_level", "shared"),
+    "train.l2_scaling": ("occurrence", "frequency"),
+    "train.refit_from": ("scratch", "selected"),
     "train.optimizer": OPTIMIZERS,
     "train.neg_distribution": ("uniform", "log_uniform"),
     "train.dense_optimizer": ("adam", "adagrad", "sgd"),
@@ -283,6 +285,12 @@ class TrainConfig:
     # Weight each coordinate's L2 like the levels that use it (losses.level_l2_weights); false
     # is the uniform L2 of the MRL4Rec reference code, which starves the last block.
     l2_per_level: bool = True
+    # occurrence: L2 on every user, positive and negative row each time it is in a batch.
+    # frequency (iALS++, Rendle et al. 2022): a user's L2 per epoch is l2 * (n_u + gramian) and
+    # an item's l2 * (n_i + gramian * users / items), n = its training pairs; negatives carry
+    # none. The gramian share is the unobserved term's weight, so sparse rows are held back
+    # harder, and one l2 serves data sets of different density (losses.frequency_l2).
+    l2_scaling: str = "occurrence"
     # Weight of the whole-catalogue term (losses.gramian_penalty, as in iALS): the mean squared
     # score over every item, at every level, once per user per epoch (each of a user's pairs
     # carries 1 / its pair count). Looks the whole item table up every step (0 = off).
@@ -291,6 +299,11 @@ class TrainConfig:
     # After early stopping, train a fresh model on train + validation for the selected number
     # of epochs and test that one (the validation split then only picks the epoch count).
     refit: bool = False
+    # scratch: the refit is a fresh model trained for the selected number of epochs (doubles the
+    # cost). selected: the selected model goes on for train.refit_epochs epochs on train +
+    # validation, so it has seen every pair at a fraction of the cost (docs/results.md §8).
+    refit_from: str = "scratch"
+    refit_epochs: int = 4  # refit_from=selected: epochs on train + validation after selection
     checkpoint_every: int = 0  # epochs between resumable checkpoints in <run_dir>/checkpoint (0 = off)
     # Mid-epoch checkpoints: after every N-th training step / the first step M minutes after the
     # previous checkpoint (0 = off). A resumed run continues at exactly the next batch. SIGTERM
@@ -313,6 +326,8 @@ class TrainConfig:
         _check_choice("train.loss", self.loss)
         _check_choice("train.sampler", self.sampler)
         _check_choice("train.mns_pool", self.mns_pool)
+        _check_choice("train.l2_scaling", self.l2_scaling)
+        _check_choice("train.refit_from", self.refit_from)
         _check_choice("train.optimizer", self.optimizer)
         _check_choice("train.neg_distribution", self.neg_distribution)
         _check_choice("train.dense_optimizer", self.dense_optimizer)
@@ -323,7 +338,7 @@ class TrainConfig:
                 raise ConfigError(f"train.{name} must be a finite number >= 0 (0 = off), got {value}")
         if self.num_sampled < 0 or self.ihn_beta < 0 or self.rr_lambda < 0:
             raise ConfigError("train.num_sampled, train.ihn_beta and train.rr_lambda must be >= 0")
-        for name in ("epochs", "batch_size", "num_negs"):
+        for name in ("epochs", "batch_size", "num_negs", "refit_epochs"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"train.{name} must be positive, got {getattr(self, name)}")
         if self.lr <= 0:
@@ -561,8 +576,13 @@ USES = (
         "model.task=mrl4rec with train.loss=bpr or mrl and train.sampler=mns"),
     Use("train.l2", _TASK, _mf, MF_ONLY, as_if=0.0),
     Use("train.l2_per_level", _TASK, _mf, MF_ONLY),
+    Use("train.l2_scaling", _TASK, _mf, MF_ONLY),
     Use("train.gramian", _TASK, _mf, MF_ONLY, as_if=0.0),
     Use("train.refit", _TASK, _mf, MF_ONLY, as_if=False),
+    # Not tied to train.refit: a search turns the refit off in its trials and on in its final run.
+    Use("train.refit_from", _TASK, _mf, MF_ONLY),
+    Use("train.refit_epochs", ("model.task", "train.refit_from"), lambda c: _mf(c) and c.train.refit_from == "selected",
+        "model.task=mrl4rec with train.refit_from=selected"),
     Use("train.eps", ("train.optimizer",), lambda c: c.train.optimizer != "sgd",
         "train.optimizer=row_wise_adagrad, adagrad, adam"),
     Use("train.num_sampled", ("train.loss",), lambda c: c.train.loss == "softmax", "train.loss=softmax"),
