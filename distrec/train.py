@@ -182,13 +182,19 @@ def _run(cfg: config.Config, env: parallel.DistEnv, out: Path, resuming: bool, s
         log.info("no validation split: no early stopping or refit; the last epoch is tested")
     model, best, spent = fit(cfg, env, work, cfg.train.epochs, phase=phase, start=start, resuming=resuming, out=out,
                              scalars=scalars)
-    seconds["train"], seconds["valid"] = spent
+    dense_opts = spent[2]
+    seconds["train"], seconds["valid"] = spent[:2]
     if cfg.train.refit and work.has_valid and work.refit is not None:
         # A fresh model on train + validation for the selected number of epochs, so the tested
         # model has seen all training data (the validation split only chose the epoch count).
         phase = "refit"
         work = work.refit()
-        model, _, spent = fit(cfg, env, work, best["epoch"], phase=phase, start=start, out=out, scalars=scalars)
+        if cfg.train.refit_from == "selected":  # the selected model trains on; epochs go on counting
+            first, last, carry = best["epoch"], best["epoch"] + cfg.train.refit_epochs, (model, dense_opts)
+        else:
+            first, last, carry = 0, best["epoch"], None
+        model, _, spent = fit(cfg, env, work, last, phase=phase, start=start, out=out, scalars=scalars,
+                              first_epoch=first, carry=carry)
         seconds["train"] += spent[0]
         seconds["valid"] += spent[1]
 
@@ -234,9 +240,11 @@ def prepare_resume(cfg: config.Config, env: parallel.DistEnv) -> bool:
 
 
 def fit(cfg: config.Config, env: parallel.DistEnv, work: Workload, epochs: int, *, phase: str, start: float,
-        out: Path, scalars: monitor.Scalars, resuming: bool = False):
+        out: Path, scalars: monitor.Scalars, resuming: bool = False, first_epoch: int = 0, carry=None):
     """Build a model and train it for up to `epochs` epochs; returns (model, best, (training
-    seconds, evaluation seconds)).
+    seconds, evaluation seconds, dense optimizers)). `carry`: (model, dense optimizers) to go
+    on training instead of a fresh model, from epoch `first_epoch` + 1 (a refit from the
+    selected model: its tables and optimizer state stay, its epochs draw new streams).
 
     phase "select": evaluate validation every `eval.every_epochs`, keep the best epoch's
     weights (restored before returning), stop after `eval.patience` evaluations without
@@ -249,10 +257,13 @@ def fit(cfg: config.Config, env: parallel.DistEnv, work: Workload, epochs: int, 
     # Dense towers: DDP copies rank 0's initial weights to every rank. Tables: counter-based,
     # the same for any world size (Tables.seed). Training draws are counter-based too, so a run
     # does not depend on the world size at equal global batch, up to float summation order.
-    torch.manual_seed(cfg.train.seed * 1009)
-    model, dense_opts = work.build()
-    model.module.tables.seed(cfg.train.seed)
-    log.info(f"sharding plan:\n{model.plan}")
+    if carry is None:
+        torch.manual_seed(cfg.train.seed * 1009)
+        model, dense_opts = work.build()
+        model.module.tables.seed(cfg.train.seed)
+        log.info(f"sharding plan:\n{model.plan}")
+    else:
+        model, dense_opts = carry
     dim, metric = str(cfg.model.levels[-1]), cfg.eval.select_metric
     best = {"score": -math.inf, "epoch": epochs, "valid": None, "snapshot": None}
     seconds, eval_seconds = 0.0, 0.0
@@ -261,7 +272,7 @@ def fit(cfg: config.Config, env: parallel.DistEnv, work: Workload, epochs: int, 
     schedule = checkpoint.Schedule(cfg.train.checkpoint_every, cfg.train.checkpoint_every_steps,
                                    cfg.train.checkpoint_every_minutes, env)
     steps = num_batches(work.num_samples, cfg.train.batch_size)
-    at = {"epoch": 0, "batch": 0, "totals": None, "stopped": False}  # where the loop starts
+    at = {"epoch": first_epoch, "batch": 0, "totals": None, "stopped": False}  # where the loop starts
     best_on_disk = False
     if resumable and resuming:
         loop = _resume(cfg, env, work, model, dense_opts, best, select, out)
@@ -360,7 +371,7 @@ def fit(cfg: config.Config, env: parallel.DistEnv, work: Workload, epochs: int, 
             break
     if select:
         checkpoint.restore(model, best["snapshot"])
-    return model, best, (seconds, eval_seconds)
+    return model, best, (seconds, eval_seconds, dense_opts)
 
 
 def _resume(cfg, env, work, model, dense_opts, best: dict, select: bool, out: Path) -> dict:

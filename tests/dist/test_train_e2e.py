@@ -96,6 +96,22 @@ def test_refit_trains_a_fresh_model_for_the_selected_epochs_and_tests_it(tmp_pat
     assert result["refit"] is True
 
 
+def test_refit_from_the_selected_model_goes_on_for_refit_epochs(tmp_path):
+    result = run_ranks(_main, 2, tmp_path, [*TINY, "train.epochs=4", "train.refit=true", "train.refit_from=selected",
+                                             "train.refit_epochs=2", "eval.track_test=true", "eval.patience=1",
+                                             f"run_dir={tmp_path}/r"])[0]
+    records = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    select = [r for r in records if r["phase"] == "select"]
+    refit = [r for r in records if r["phase"] == "refit"]
+    best = result["best_epoch"]
+    # Its epochs go on counting from the selected one (new negative streams, not a replay).
+    assert [r["epoch"] for r in refit] == [best + 1, best + 2]
+    # It starts from the trained model: a fresh model's first epoch has the loss of the
+    # selection's first epoch; the continued one starts well below it.
+    assert refit[0]["loss"] < select[0]["loss"] - 0.01
+    assert result["test"] == refit[-1]["test"] and result["refit"] is True
+
+
 def test_phones_config_learns_on_the_real_split(tmp_path, shared_data):
     shared = shared_data
     result = run_ranks(_main, 2, tmp_path, ["--config", "configs/mrl4rec_phones.yaml", "train.epochs=4", "eval.every_epochs=2",
