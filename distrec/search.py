@@ -24,6 +24,7 @@ import math
 import os
 import shlex
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,10 @@ from distrec.search_space import SpaceError
 # test tracking are off because a trial must see nothing of test; select_metric is the objective.
 FORCED = ["train.refit=false", "eval.track_test=false"]
 RESERVED = ["run_dir", "train.refit", "eval.track_test", "eval.select_metric"]
+# The space searched when --space is not given: the knobs that matter for each task.
+DEFAULT_SPACES = {"mrl4rec": runner.ROOT / "configs" / "search" / "mrl4rec.yaml",
+                  "multi_interest": runner.ROOT / "configs" / "search" / "remi.yaml"}
+HYPERBAND_MIN_EPOCHS = 4  # the smallest rung: a trial's first evaluations are too noisy to rank on
 PRUNER_STARTUP_TRIALS = 5  # trials that run to the end before the median means anything
 PRUNER_WARMUP_EPOCHS = 1  # a first evaluation is too noisy to stop on
 STATES = {optuna.trial.TrialState.COMPLETE: "complete", optuna.trial.TrialState.PRUNED: "pruned",
@@ -50,8 +55,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m distrec.search", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default=None, help="base YAML config (default: the built-in defaults)")
-    p.add_argument("--space", required=True, help="search space YAML, e.g. configs/search/mf.yaml")
-    p.add_argument("--trials", type=int, default=20)
+    p.add_argument("--space", default=None,
+                   help="search space YAML (default: configs/search/mrl4rec.yaml or remi.yaml, by model.task)")
+    p.add_argument("--trials", type=int, default=None, help="most trials (default 20; unlimited with --budget)")
+    p.add_argument("--budget", type=parse_duration, default=None,
+                   help="wall-clock budget for the whole search, final run included: 90s, 20m, 1.5h")
+    p.add_argument("--valid-users", type=int, default=None,
+                   help="trials score a fixed sample of this many validation users (eval.valid_users)")
+    p.add_argument("--pruner", choices=("median", "hyperband", "none"), default=None,
+                   help="stops weak trials early (default: hyperband with --budget, else median)")
     p.add_argument("--nproc", type=int, default=1, help="processes per run")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--seed", type=int, default=0, help="sampler seed (each run keeps its config's train.seed)")
@@ -61,19 +73,75 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--verbose", action="store_true", help="show every run's own output")
     p.add_argument("overrides", nargs="*", help="key.sub=value, applied to every run")
     args = p.parse_args(argv)
-    if args.trials < 1 or args.nproc < 1:
+    if args.trials is None and args.budget is None:
+        args.trials = 20
+    if (args.trials is not None and args.trials < 1) or args.nproc < 1:
         p.error("--trials and --nproc must be >= 1")
+    if args.valid_users is not None and args.valid_users < 1:
+        p.error("--valid-users must be >= 1")
+    if args.no_prune:
+        args.pruner = "none"
+    args.pruner = args.pruner or ("hyperband" if args.budget else "median")
     return args
+
+
+def parse_duration(text: str) -> float:
+    """'90', '90s', '20m', '1.5h' -> seconds (a bare number is seconds)."""
+    units = {"s": 1.0, "m": 60.0, "h": 3600.0}
+    number, unit = (text[:-1], text[-1]) if text and text[-1] in units else (text, "s")
+    try:
+        seconds = float(number) * units[unit]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (write e.g. 90s, 20m or 1.5h)") from None
+    if not (seconds > 0 and math.isfinite(seconds)):
+        raise argparse.ArgumentTypeError(f"the budget must be positive, got {text!r}")
+    return seconds
+
+
+class Budget:
+    """Wall-clock budget of a search: each trial may use what is left after the final run's share,
+    and no trial starts that could not end in time. The final run (selection + refit on the best
+    point) is reserved 1.25 x the longest complete trial; half the budget until one completes."""
+
+    FINAL_SHARE = 1.25
+
+    def __init__(self, seconds: float | None, clock=time.monotonic):
+        self.seconds, self.clock, self.start = seconds, clock, clock()
+        self.longest = 0.0  # wall seconds of the longest complete trial
+
+    def left(self) -> float:
+        return math.inf if self.seconds is None else self.seconds - (self.clock() - self.start)
+
+    def reserve(self) -> float:
+        if self.seconds is None:
+            return 0.0
+        return self.FINAL_SHARE * self.longest if self.longest else self.seconds / 2
+
+    def trial_timeout(self) -> float | None:
+        """Seconds the next trial may run (None: no budget); <= 0: start none."""
+        return None if self.seconds is None else self.left() - self.reserve()
+
+    def done(self, wall_seconds: float, complete: bool) -> None:
+        if complete:
+            self.longest = max(self.longest, wall_seconds)
+
+    def exhausted(self) -> bool:
+        """No further trial fits: less left than a tenth of the longest trial (or 5 s)."""
+        timeout = self.trial_timeout()
+        return timeout is not None and timeout < max(5.0, 0.1 * self.longest)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the search; returns what best.json holds."""
     args = parse_args(argv)
+    budget = Budget(args.budget)  # the clock starts before any data or config is read
     config_path = runner.resolve_path(args.config) if args.config else None
-    space_path = runner.resolve_path(args.space)
+    forced = [*FORCED, *([f"eval.valid_users={args.valid_users}"] if args.valid_users else [])]
+    base = config.load(config_path, [*args.overrides, *forced])  # the base config alone must load
+    space_arg = args.space or str(DEFAULT_SPACES[base.model.task])
+    space_path = runner.resolve_path(space_arg)
     space = search_space.load(space_path)
-    base = config.load(config_path, [*args.overrides, *FORCED])  # the base config alone must load
-    search_space.check(space, args.space, config_path, [*args.overrides, *FORCED], RESERVED)
+    search_space.check(space, space_arg, config_path, [*args.overrides, *forced], RESERVED)
     if not _has_validation(base):
         raise config.ConfigError("the search selects on validation, but this config holds no validation split "
                                  "(data.valid_fraction or data.sequence.split[1] is 0)")
@@ -82,8 +150,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     metric = base.eval.select_metric
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial below instead
-    pruner = optuna.pruners.NopPruner() if args.no_prune else optuna.pruners.MedianPruner(
-        n_startup_trials=PRUNER_STARTUP_TRIALS, n_warmup_steps=PRUNER_WARMUP_EPOCHS)
+    if args.pruner == "hyperband":  # successive halving over epochs, several brackets
+        pruner = optuna.pruners.HyperbandPruner(min_resource=min(HYPERBAND_MIN_EPOCHS, base.train.epochs),
+                                                max_resource=base.train.epochs, reduction_factor=3)
+    elif args.pruner == "median":
+        pruner = optuna.pruners.MedianPruner(n_startup_trials=PRUNER_STARTUP_TRIALS, n_warmup_steps=PRUNER_WARMUP_EPOCHS)
+    else:
+        pruner = optuna.pruners.NopPruner()
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=args.seed), pruner=pruner)
 
     def objective(trial: optuna.Trial) -> float:
@@ -91,8 +164,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         try:
             # A searched key that this point's setup does not read (train.mns_pool where the point
             # has train.sampler=dns) is left out of its run, which would refuse it as unused.
-            point = _applicable(point, config_path, [*args.overrides, *FORCED])
-            overrides = [*args.overrides, *search_space.to_overrides(point), *FORCED]
+            point = _applicable(point, config_path, [*args.overrides, *forced])
+            overrides = [*args.overrides, *search_space.to_overrides(point), *forced]
             cfg = config.load(config_path, overrides)  # a point can break a rule that spans keys
         except config.ConfigError as err:
             trial.set_user_attr("error", str(err))
@@ -105,12 +178,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             trial.report(record["valid"][dim][metric], record["epoch"])
             return trial.should_prune()
 
+        limits = [t for t in (args.timeout_s, budget.trial_timeout()) if t is not None]
         run = runner.launch(config_path, overrides, args.nproc, out / "trials" / f"{trial.number:04d}",
-                            timeout_s=args.timeout_s, on_metrics=on_metrics, echo=args.verbose)
+                            timeout_s=min(limits) if limits else None, on_metrics=on_metrics, echo=args.verbose)
         trial.set_user_attr("wall_seconds", run.wall_seconds)
         trial.set_user_attr("epochs_run", max((r["epoch"] for r in run.records), default=0))
+        budget.done(run.wall_seconds, complete=run.ok and run.stopped_by is None)
         if run.stopped_by == "callback":
             raise optuna.TrialPruned()
+        if run.stopped_by == "timeout" and budget.exhausted() and any("valid" in r for r in run.records):
+            trial.set_user_attr("error", "stopped by the search budget")
+            raise optuna.TrialPruned()  # its reports stand, as a pruned trial's do
         if not run.ok or run.metrics.get("valid") is None:
             why = "timed out" if run.stopped_by == "timeout" else f"exit code {run.returncode}"
             last = run.stderr_tail.strip().splitlines()[-1:] or [""]
@@ -123,8 +201,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         print(_trial_line(trial, metric), flush=True)
         write_tables(out, study.trials, [p.key for p in space], metric)
+        if budget.exhausted():
+            study.stop()
 
-    study.optimize(objective, n_trials=args.trials, catch=(TrialFailed,), callbacks=[after_trial])
+    if not budget.exhausted():
+        study.optimize(objective, n_trials=args.trials, catch=(TrialFailed,), callbacks=[after_trial])
+    write_tables(out, study.trials, [p.key for p in space], metric)
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     if not complete:
         raise SystemExit(f"error: no trial completed; see {out / 'trials.md'} and the trials' stderr.log")
@@ -139,8 +221,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         # The one run whose test metrics are read: the chosen point, refit on train + validation.
         # REMI has no refit (train.refit is read by model.task=mrl4rec only): it tests the selected model.
         refit = ["train.refit=true"] if config.use_of("train.refit").reads(base) else []
+        left = budget.left()
         run = runner.launch(config_path, [*args.overrides, *best_overrides, *refit, "eval.track_test=false"],
-                            args.nproc, out / "final", timeout_s=None, echo=args.verbose)
+                            args.nproc, out / "final", timeout_s=None if math.isinf(left) else max(left, 1.0),
+                            echo=args.verbose)
         # "refit" is the run's own word: REMI runs ignore train.refit today and test the selected model.
         final = {"test": run.metrics["test"] if run.ok else None, "refit": run.metrics.get("refit") if run.ok else None,
                  "wall_seconds": run.wall_seconds, "returncode": run.returncode, "run_dir": str(run.run_dir), "command": shlex.join(run.command)}
@@ -150,8 +234,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "params": best.params, "overrides": best_overrides, "trial": best.number,
         "valid": {"metric": metric, "value": best.value, "best_epoch": best.user_attrs.get("best_epoch")},
         "final": final,
-        "study": {"sampler": f"TPE(seed={args.seed})", "pruner": "none" if args.no_prune else "median",
-                  "trials": len(study.trials), **_counts(study.trials)},
+        "study": {"sampler": f"TPE(seed={args.seed})", "pruner": args.pruner,
+                  "trials": len(study.trials), **_counts(study.trials),
+                  "budget_seconds": args.budget, "seconds": budget.clock() - budget.start,
+                  "valid_users": args.valid_users},
         "config": str(config_path) if config_path else None, "space": str(space_path),
         "command": shlex.join([sys.executable, "-m", "distrec.search", *(sys.argv[1:] if argv is None else argv)]),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -159,7 +245,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     _write_text(out / "best.json", json.dumps(result, indent=2) + "\n")
     if final is not None:
         if final["test"] is None:
-            raise SystemExit(f"error: the final refit run failed (exit code {final['returncode']}); see {out / 'final'}")
+            why = "ran out of the budget" if run.stopped_by == "timeout" else f"failed (exit code {final['returncode']})"
+            raise SystemExit(f"error: the final refit run {why}; see {out / 'final'}")
         dim = max(final["test"], key=int)
         print(f"final refit run: test@{dim} {metric} {final['test'][dim][metric]:.4f} in {final['wall_seconds']:.0f} s")
     print(f"search outputs in {out}")

@@ -90,7 +90,7 @@ def test_tasks_and_losses_must_match():
 def test_every_search_space_fits_its_shipped_config(path):
     from distrec import search, search_space
 
-    base = {"mf.yaml": "mrl4rec_phones.yaml", "mf_softmax.yaml": "mrl4rec_ml100k.yaml", "remi.yaml": "remi_video.yaml"}
+    base = {"mf.yaml": "mrl4rec_phones.yaml", "mrl4rec.yaml": "mrl4rec.yaml", "mf_softmax.yaml": "mrl4rec_ml100k.yaml", "remi.yaml": "remi_video.yaml"}
     search_space.check(search_space.load(path), path.name, ROOT / "configs" / base[path.name], search.FORCED, search.RESERVED)
 
 

@@ -104,3 +104,46 @@ def test_selection_is_the_same_with_corrupted_test_labels(clean_search, data_set
     for trial in ("0000", "0001"):
         tests = [json.loads((out / "trials" / trial / "metrics.json").read_text())["test"] for out in (clean_out, tmp_path / "out")]
         assert tests[0]["16"]["recall@20"] != tests[1]["16"]["recall@20"]
+
+
+def test_budget_reserves_the_final_run_and_stops_starting_trials():
+    now = [0.0]
+    budget = search.Budget(100.0, clock=lambda: now[0])
+    assert budget.trial_timeout() == 50.0  # half for the final run until a trial has completed
+    now[0] = 20.0
+    budget.done(20.0, complete=True)  # the final run is reserved 1.25 x the longest trial
+    assert budget.trial_timeout() == pytest.approx(100 - 20 - 25)
+    assert not budget.exhausted()
+    now[0] = 72.0  # 28 s left, 25 reserved: 3 s is no trial
+    assert budget.exhausted()
+    unlimited = search.Budget(None)
+    assert unlimited.trial_timeout() is None and not unlimited.exhausted() and unlimited.left() == float("inf")
+
+
+@pytest.mark.parametrize("text, seconds", [("90", 90.0), ("90s", 90.0), ("20m", 1200.0), ("1.5h", 5400.0)])
+def test_durations(text, seconds):
+    assert search.parse_duration(text) == seconds
+
+
+def test_a_bad_duration_is_one_line(capsys):
+    with pytest.raises(SystemExit):
+        search.parse_args(["--budget", "soon", "--out", "x"])
+    assert "not a duration: 'soon'" in capsys.readouterr().err
+
+
+def test_a_30_second_budget_ends_within_it_with_its_table_and_final_run(data_sets, tmp_path):
+    import time
+
+    space = tmp_path / "space.yaml"
+    space.write_text(SPACE)
+    t0 = time.monotonic()
+    best = search.main(["--space", str(space), "--budget", "30s", "--nproc", "1", "--seed", "3",
+                        "--out", str(tmp_path / "out"), *TINY, "train.refit_from=selected", "train.refit_epochs=1",
+                        "data.format=user_lines", f"data.train={data_sets['clean']}/train.txt",
+                        f"data.test={data_sets['clean']}/test.txt"])
+    wall = time.monotonic() - t0
+    assert wall <= 30.0 + 2.0  # the budget, plus the time to notice a child's exit and write the table
+    assert best["study"]["budget_seconds"] == 30.0 and best["study"]["pruner"] == "hyperband"
+    rows = _rows(tmp_path / "out")
+    assert rows and len(rows) == best["study"]["trials"]
+    assert best["final"]["test"] is not None and best["final"]["refit"] is True

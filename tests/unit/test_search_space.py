@@ -13,6 +13,7 @@ ROOT = Path(__file__).resolve().parents[2]
 # Each shipped space and the config it is meant for.
 SPACES = {
     "mf.yaml": "configs/mrl4rec_phones.yaml",
+    "mrl4rec.yaml": "configs/mrl4rec.yaml",
     "mf_softmax.yaml": "configs/mrl4rec_ml100k.yaml",
     "remi.yaml": "configs/remi_video.yaml",
 }
