@@ -291,6 +291,9 @@ class TrainConfig:
     # none. The gramian share is the unobserved term's weight, so sparse rows are held back
     # harder, and one l2 serves data sets of different density (losses.frequency_l2).
     l2_scaling: str = "occurrence"
+    # l2_scaling=frequency: also the plain L2 on each chosen hard negative, once per time it is
+    # chosen (occurrence does this always). It holds back the items the sampler keeps picking.
+    l2_negatives: bool = True
     # Weight of the whole-catalogue term (losses.gramian_penalty, as in iALS): the mean squared
     # score over every item, at every level, once per user per epoch (each of a user's pairs
     # carries 1 / its pair count). Looks the whole item table up every step (0 = off).
@@ -577,6 +580,9 @@ USES = (
     Use("train.l2", _TASK, _mf, MF_ONLY, as_if=0.0),
     Use("train.l2_per_level", _TASK, _mf, MF_ONLY),
     Use("train.l2_scaling", _TASK, _mf, MF_ONLY),
+    Use("train.l2_negatives", ("model.task", "train.l2_scaling", "train.loss"),
+        lambda c: _pairwise(c) and c.train.l2_scaling == "frequency",
+        "model.task=mrl4rec with train.loss=bpr or mrl and train.l2_scaling=frequency"),
     Use("train.gramian", _TASK, _mf, MF_ONLY, as_if=0.0),
     Use("train.refit", _TASK, _mf, MF_ONLY, as_if=False),
     # Not tied to train.refit: a search turns the refit off in its trials and on in its final run.

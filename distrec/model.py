@@ -47,6 +47,7 @@ class MatryoshkaMF(nn.Module):
         self.beta = train_cfg.ihn_beta
         self.gramian = train_cfg.gramian
         self.frequency_l2 = train_cfg.l2_scaling == "frequency"
+        self.l2_negatives = train_cfg.l2_negatives
         # iALS++'s alpha_0 |U| for items: the Gramian weight is alpha_0 |I| (a mean over items).
         self.item_alpha = train_cfg.gramian * tables.num_users / max(tables.num_items, 1)
         # Per-coordinate L2 weights: uniform, or matched to the level weights (losses.level_l2_weights).
@@ -73,9 +74,11 @@ class MatryoshkaMF(nn.Module):
             if batch.user_scale is not None:
                 gram = gram * batch.user_scale
             per_sample = per_sample + self.gramian * gram
-        if self.frequency_l2:  # users and positives only, each by its pair count
+        if self.frequency_l2:  # users and positives by their pair counts; negatives as chosen
             reg = self.l2 * losses.frequency_l2(u, regularised[1], batch.user_scale, batch.item_scale,
                                                 self.gramian, self.item_alpha, self.l2_weights)
+            if self.l2_negatives and len(regularised) > 2:
+                reg = reg + self.l2 * losses.l2_penalty(regularised[2], weights=self.l2_weights)
         else:
             reg = self.l2 * losses.l2_penalty(*regularised, weights=self.l2_weights)
         # Gradients are averaged over ranks (DDP, and TorchRec's gradient division for sharded

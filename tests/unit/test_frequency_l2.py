@@ -75,3 +75,33 @@ def test_batches_carry_each_rows_inverse_pair_count():
     assert seen > 0
     occurrence = mrl4rec_workload(config.load(None, ["data.synthetic.preset=tiny"]), ONE_PROCESS, data)
     assert next(iter(occurrence.batches(1, 0))).item_scale is None  # the default mode builds nothing extra
+
+
+@pytest.mark.parametrize("negatives", [True, False])
+def test_the_models_loss_carries_the_frequency_l2_and_the_chosen_negatives(negatives):
+    """MatryoshkaMF's loss with l2 minus its loss without: exactly the formula, written out per row."""
+    from distrec.embeddings import Tables
+    from distrec.model import Batch, MatryoshkaMF
+
+    overrides = ["model.dim=8", "model.levels=[2,4,8]", "train.sampler=uniform", "train.l2_scaling=frequency",
+                 "train.gramian=3", f"train.l2_negatives={str(negatives).lower()}"]
+    cfg = config.load(None, overrides)
+    tables = Tables(5, 7, cfg.model, device=torch.device("cpu"))
+    tables.seed(1)
+    users, pos, negs = torch.tensor([0, 1, 1, 4]), torch.tensor([2, 2, 5, 6]), torch.tensor([3, 0, 6, 1])
+    user_pairs, item_pairs = torch.tensor([1.0, 2.0, 2.0, 3.0]), torch.tensor([4.0, 4.0, 1.0, 2.0])
+    batch = Batch(users=users, pos=pos, cands=negs.view(4, 1, 1), global_size=4,
+                  user_scale=1 / user_pairs, item_scale=1 / item_pairs)
+    with_l2 = MatryoshkaMF(tables, cfg.model, config.load(None, [*overrides, "train.l2=0.1"]).train, ONE_PROCESS)
+    without = MatryoshkaMF(tables, cfg.model, config.load(None, [*overrides, "train.l2=0"]).train, ONE_PROCESS)
+    got = (with_l2(batch)[0] - without(batch)[0]).item() * 4  # the loss is a mean over the global batch
+
+    weights = cfg.model.weights
+    def level_norm(x):
+        return sum(w * float(x[:d] @ x[:d]) for d, w in zip(cfg.model.levels, weights)) / sum(weights)
+
+    u, p, n = tables.users(users).detach(), tables.items(pos).detach(), tables.items(negs).detach()
+    item_alpha = 3 * 5 / 7
+    expected = sum((1 + 3 / user_pairs[b]) * level_norm(u[b]) + (1 + item_alpha / item_pairs[b]) * level_norm(p[b])
+                   + (level_norm(n[b]) if negatives else 0.0) for b in range(4)) * 0.1 / 2
+    assert got == pytest.approx(float(expected), rel=1e-4)
