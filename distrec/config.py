@@ -49,7 +49,6 @@ CHOICES = {
     "train.loss": LOSSES,
     "train.sampler": SAMPLERS,
     "train.mns_pool": ("per_level", "shared"),
-    "train.l2_scaling": ("occurrence", "frequency"),
     "train.refit_from": ("scratch", "selected"),
     "train.optimizer": OPTIMIZERS,
     "train.neg_distribution": ("uniform", "log_uniform"),
@@ -285,15 +284,13 @@ class TrainConfig:
     # Weight each coordinate's L2 like the levels that use it (losses.level_l2_weights); false
     # is the uniform L2 of the MRL4Rec reference code, which starves the last block.
     l2_per_level: bool = True
-    # occurrence: L2 on every user, positive and negative row each time it is in a batch.
-    # frequency (iALS++, Rendle et al. 2022): a user's L2 per epoch is l2 * (n_u + gramian) and
-    # an item's l2 * (n_i + gramian * users / items), n = its training pairs; negatives carry
-    # none. The gramian share is the unobserved term's weight, so sparse rows are held back
-    # harder, and one l2 serves data sets of different density (losses.frequency_l2).
-    l2_scaling: str = "occurrence"
-    # l2_scaling=frequency: also the plain L2 on each chosen hard negative, once per time it is
-    # chosen (occurrence does this always). It holds back the items the sampler keeps picking.
-    l2_negatives: bool = True
+    # Frequency-aware user L2 (the exponent nu of iALS++'s lambda * |I_u|^nu, Rendle et al.
+    # 2022): each time a user is in the loss, its L2 is l2 * n_u^(nu - 1), n_u = its training
+    # pairs, so its L2 per epoch is l2 * n_u^nu. 1: the plain per-pair L2. Below 1, users with
+    # many pairs are held back less per pair: the Phones l2 of 0.05 per pair collapsed
+    # MovieLens-100K (76 pairs per user), and with nu = 0.65 the same l2 serves both
+    # (losses.frequency_l2, docs/results.md §8). Items keep the per-occurrence L2.
+    l2_user_exponent: float = 1.0
     # Weight of the whole-catalogue term (losses.gramian_penalty, as in iALS): the mean squared
     # score over every item, at every level, once per user per epoch (each of a user's pairs
     # carries 1 / its pair count). Looks the whole item table up every step (0 = off).
@@ -329,7 +326,8 @@ class TrainConfig:
         _check_choice("train.loss", self.loss)
         _check_choice("train.sampler", self.sampler)
         _check_choice("train.mns_pool", self.mns_pool)
-        _check_choice("train.l2_scaling", self.l2_scaling)
+        if not 0 <= self.l2_user_exponent <= 2:  # also refuses nan
+            raise ConfigError(f"train.l2_user_exponent must be a number in [0, 2], got {self.l2_user_exponent}")
         _check_choice("train.refit_from", self.refit_from)
         _check_choice("train.optimizer", self.optimizer)
         _check_choice("train.neg_distribution", self.neg_distribution)
@@ -579,10 +577,7 @@ USES = (
         "model.task=mrl4rec with train.loss=bpr or mrl and train.sampler=mns"),
     Use("train.l2", _TASK, _mf, MF_ONLY, as_if=0.0),
     Use("train.l2_per_level", _TASK, _mf, MF_ONLY),
-    Use("train.l2_scaling", _TASK, _mf, MF_ONLY),
-    Use("train.l2_negatives", ("model.task", "train.l2_scaling", "train.loss"),
-        lambda c: _pairwise(c) and c.train.l2_scaling == "frequency",
-        "model.task=mrl4rec with train.loss=bpr or mrl and train.l2_scaling=frequency"),
+    Use("train.l2_user_exponent", _TASK, _mf, MF_ONLY, as_if=1.0),
     Use("train.gramian", _TASK, _mf, MF_ONLY, as_if=0.0),
     Use("train.refit", _TASK, _mf, MF_ONLY, as_if=False),
     # Not tied to train.refit: a search turns the refit off in its trials and on in its final run.

@@ -87,30 +87,20 @@ def l2_penalty(*tables: torch.Tensor, weights: torch.Tensor | None = None) -> to
     return sum((t.pow(2) * weights.to(t.device, t.dtype)).sum() for t in tables) / 2
 
 
-def frequency_l2(
-    users: torch.Tensor,
-    items: torch.Tensor,
-    user_scale: torch.Tensor,
-    item_scale: torch.Tensor,
-    user_alpha: float,
-    item_alpha: float,
-    weights: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Frequency-aware L2 of a batch of (user, positive) rows, summed (scaled by the caller):
-    sum_b [(1 + user_alpha * user_scale_b) ||u_b||_w^2 + (1 + item_alpha * item_scale_b) ||i_b||_w^2] / 2,
-    with `*_scale` = 1 / the row's training pairs and ||x||_w^2 = sum_j w_j x_j^2.
+def frequency_l2(rows: torch.Tensor, scale: torch.Tensor, exponent: float, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Frequency-aware L2 of a batch's rows `[..., D]`, summed (scaled by the caller):
+    sum_r scale_r^(1 - exponent) ||x_r||_w^2 / 2, with `scale [...]` = 1 / the row's training
+    pairs n_r and ||x||_w^2 = sum_j w_j x_j^2.
 
-    Summed over an epoch (a row sits in n of its pairs), a user is regularised by
-    l2 * (n_u + user_alpha) and an item by l2 * (n_i + item_alpha): iALS++'s
-    lambda * (|I_u| + alpha_0 |I|), where alpha_0 |I| is the weight of the whole-catalogue
-    (Gramian) term. A row's penalty grows with its data like its loss does, and rows with few
-    pairs, whose unobserved term dominates, are held back more.
+    A user sits in the loss once per training pair, n_u times an epoch, so summed over an epoch
+    it carries l2 * n_u^exponent * ||u||_w^2 / 2: the frequency scaling of iALS++
+    (lambda * |I_u|^nu). exponent 1 is the plain per-occurrence L2.
     """
-    def sq(t: torch.Tensor) -> torch.Tensor:
-        t2 = t.pow(2)
-        return (t2 * weights.to(t.device, t.dtype)).sum(dim=1) if weights is not None else t2.sum(dim=1)
-
-    return (((1 + user_alpha * user_scale) * sq(users)).sum() + ((1 + item_alpha * item_scale) * sq(items)).sum()) / 2
+    sq = rows.pow(2)
+    if weights is not None:
+        sq = sq * weights.to(rows.device, rows.dtype)
+    factor = scale.pow(1.0 - exponent) if exponent != 1 else torch.ones_like(scale)
+    return (factor * sq.sum(dim=-1)).sum() / 2
 
 
 def level_l2_weights(levels: tuple[int, ...], weights: tuple[float, ...]) -> torch.Tensor:

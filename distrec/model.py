@@ -31,7 +31,6 @@ class Batch(DeviceBatch):
     shared: torch.Tensor | None = None  # loss=softmax: [N] negative ids shared by the local batch
     catalogue: bool = False  # loss=softmax: `shared` is every item in id order (exact full softmax)
     user_scale: torch.Tensor | None = None  # [B] 1 / the user's training pairs (Gramian term), None = 1
-    item_scale: torch.Tensor | None = None  # [B] 1 / the positive's training pairs (train.l2_scaling=frequency)
 
 
 class MatryoshkaMF(nn.Module):
@@ -46,10 +45,7 @@ class MatryoshkaMF(nn.Module):
         self.l2 = train_cfg.l2
         self.beta = train_cfg.ihn_beta
         self.gramian = train_cfg.gramian
-        self.frequency_l2 = train_cfg.l2_scaling == "frequency"
-        self.l2_negatives = train_cfg.l2_negatives
-        # iALS++'s alpha_0 |U| for items: the Gramian weight is alpha_0 |I| (a mean over items).
-        self.item_alpha = train_cfg.gramian * tables.num_users / max(tables.num_items, 1)
+        self.l2_user_exponent = train_cfg.l2_user_exponent  # frequency-aware user L2 below 1
         # Per-coordinate L2 weights: uniform, or matched to the level weights (losses.level_l2_weights).
         self.l2_weights = losses.level_l2_weights(self.levels, self.weights) if train_cfg.l2_per_level else None
 
@@ -74,11 +70,9 @@ class MatryoshkaMF(nn.Module):
             if batch.user_scale is not None:
                 gram = gram * batch.user_scale
             per_sample = per_sample + self.gramian * gram
-        if self.frequency_l2:  # users and positives by their pair counts; negatives as chosen
-            reg = self.l2 * losses.frequency_l2(u, regularised[1], batch.user_scale, batch.item_scale,
-                                                self.gramian, self.item_alpha, self.l2_weights)
-            if self.l2_negatives and len(regularised) > 2:
-                reg = reg + self.l2 * losses.l2_penalty(regularised[2], weights=self.l2_weights)
+        if self.l2_user_exponent != 1:  # users by their pair counts, items per occurrence
+            reg = self.l2 * (losses.frequency_l2(u, batch.user_scale, self.l2_user_exponent, self.l2_weights)
+                             + losses.l2_penalty(*regularised[1:], weights=self.l2_weights))
         else:
             reg = self.l2 * losses.l2_penalty(*regularised, weights=self.l2_weights)
         # Gradients are averaged over ranks (DDP, and TorchRec's gradient division for sharded

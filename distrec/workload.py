@@ -119,8 +119,7 @@ def mrl4rec_workload(cfg: Config, env: parallel.DistEnv, data: InteractionData) 
     shape = candidate_shape(cfg.train.sampler, cfg.train.num_negs, len(cfg.model.levels), cfg.train.mns_pool)
     softmax = cfg.train.loss == "softmax"
     pairs_per_user = np.bincount(data.train_users, minlength=data.num_users).clip(min=1)
-    pairs_per_item = np.bincount(data.train_items, minlength=data.num_items).clip(min=1)
-    frequency = cfg.train.l2_scaling == "frequency"
+    frequency = cfg.train.l2_user_exponent != 1
 
     def num_shared(local_batch: int) -> int:
         return cfg.train.num_sampled or 10 * local_batch
@@ -146,7 +145,6 @@ def mrl4rec_workload(cfg: Config, env: parallel.DistEnv, data: InteractionData) 
                 catalogue=softmax and num_shared(len(idx)) >= data.num_items,  # shared_negatives gave every item
                 user_scale=torch.as_tensor(1.0 / pairs_per_user[users], dtype=torch.float32)
                 if cfg.train.gramian or frequency else None,
-                item_scale=torch.as_tensor(1.0 / pairs_per_item[idx_items], dtype=torch.float32) if frequency else None,
             ).to(env.device)
 
     return Workload(
