@@ -101,12 +101,12 @@ def parse_duration(text: str) -> float:
 class Budget:
     """Wall-clock budget of a search: each trial may use what is left after the final run's share,
     and no trial starts that could not end in time. The final run (selection + refit on the best
-    point) is reserved 1.25 x the longest complete trial; half the budget until one completes."""
+    point) is reserved `final_share` x the longest complete trial (1.25 when the refit continues
+    the selected model, 2.25 when it retrains from scratch); half the budget until one completes."""
 
-    FINAL_SHARE = 1.25
-
-    def __init__(self, seconds: float | None, clock=time.monotonic):
+    def __init__(self, seconds: float | None, clock=time.monotonic, final_share: float = 1.25):
         self.seconds, self.clock, self.start = seconds, clock, clock()
+        self.final_share = final_share
         self.longest = 0.0  # wall seconds of the longest complete trial
 
     def left(self) -> float:
@@ -115,7 +115,7 @@ class Budget:
     def reserve(self) -> float:
         if self.seconds is None:
             return 0.0
-        return self.FINAL_SHARE * self.longest if self.longest else self.seconds / 2
+        return self.final_share * self.longest if self.longest else self.seconds / 2
 
     def trial_timeout(self) -> float | None:
         """Seconds the next trial may run (None: no budget); <= 0: start none."""
@@ -138,6 +138,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     config_path = runner.resolve_path(args.config) if args.config else None
     forced = [*FORCED, *([f"eval.valid_users={args.valid_users}"] if args.valid_users else [])]
     base = config.load(config_path, [*args.overrides, *forced])  # the base config alone must load
+    if config.use_of("train.refit").reads(base) and base.train.refit_from == "scratch":
+        budget.final_share = 2.25  # the final run trains twice: selection, then a fresh refit
     space_arg = args.space or str(DEFAULT_SPACES[base.model.task])
     space_path = runner.resolve_path(space_arg)
     space = search_space.load(space_path)
