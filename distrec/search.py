@@ -160,6 +160,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     else:
         pruner = optuna.pruners.NopPruner()
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=args.seed), pruner=pruner)
+    # The config's own point is the first trial (when the space holds it), so that the search
+    # starts from the shipped settings and can only end at or above them on validation.
+    own = {p.key: config.get(base, p.key) for p in space}
+    if all(p.holds(own[p.key]) for p in space):
+        study.enqueue_trial(own)
 
     def objective(trial: optuna.Trial) -> float:
         point = search_space.suggest(space, trial)

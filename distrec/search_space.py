@@ -53,6 +53,12 @@ class Param:
         """Values that must all be valid for the config: both bounds, or every choice."""
         return self.choices if self.kind == "choice" else (self.low, self.high)
 
+    def holds(self, value: Any) -> bool:
+        """Whether `value` is a point of this distribution (a config's own value, say)."""
+        if self.kind == "choice":
+            return value in self.choices
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and self.low <= value <= self.high
+
     def suggest(self, trial: Trial) -> Scalar:
         if self.kind == "choice":
             return trial.suggest_categorical(self.key, list(self.choices))

@@ -40,7 +40,8 @@ def table(name: str, run_dir: Path, peers_path: Path) -> str:
     best = peers[best_name]
     lines = [f"### {name}", "", "| model | dim | valid R@20 | test R@20 | test N@20 | vs best peer (R / N) |", "|---|---|---|---|---|---|"]
     for peer, p in peers.items():
-        lines.append(f"| implicit {peer.upper()} (searched) | 64 | {p['valid']['recall@20']:.4f} | "
+        label, dim = ("EASE", "items") if peer == "ease" else (f"implicit {peer.upper()}", "64")
+        lines.append(f"| {label} (searched) | {dim} | {p['valid']['recall@20']:.4f} | "
                      f"{p['test']['recall@20']:.4f} | {p['test']['ndcg@20']:.4f} | |")
     full = max(metrics["test"], key=int)
     for dim, row in metrics["test"].items():

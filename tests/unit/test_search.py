@@ -76,6 +76,8 @@ def test_search_writes_its_table_and_tests_only_the_final_refit_run(clean_search
     best, out = clean_search
     rows = _rows(out)
     assert [r["number"] for r in rows] == ["0", "1"] and {r["state"] for r in rows} == {"complete"}
+    # The first trial is the config's own point (train.lr's default 0.2, train.loss mrl).
+    assert (float(rows[0]["train.lr"]), rows[0]["train.loss"]) == (0.2, "mrl")
     assert all(float(r["value"]) > 0 and r["best_epoch"] in ("1", "2") for r in rows)
     assert (out / "trials.md").read_text().count("| complete |") == 2
     on_disk = json.loads((out / "best.json").read_text())
