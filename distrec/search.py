@@ -101,10 +101,11 @@ def parse_duration(text: str) -> float:
 class Budget:
     """Wall-clock budget of a search: each trial may use what is left after the final run's share,
     and no trial starts that could not end in time. The final run (selection + refit on the best
-    point) is reserved `final_share` x the longest complete trial (1.25 when the refit continues
-    the selected model, 2.25 when it retrains from scratch); half the budget until one completes."""
+    point) is reserved `final_share` x the longest complete trial (1.5 when the refit continues
+    the selected model: its extra epochs, test, export and start-up; 2.5 when it retrains from
+    scratch); half the budget until one completes."""
 
-    def __init__(self, seconds: float | None, clock=time.monotonic, final_share: float = 1.25):
+    def __init__(self, seconds: float | None, clock=time.monotonic, final_share: float = 1.5):
         self.seconds, self.clock, self.start = seconds, clock, clock()
         self.final_share = final_share
         self.longest = 0.0  # wall seconds of the longest complete trial
@@ -139,7 +140,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     forced = [*FORCED, *([f"eval.valid_users={args.valid_users}"] if args.valid_users else [])]
     base = config.load(config_path, [*args.overrides, *forced])  # the base config alone must load
     if config.use_of("train.refit").reads(base) and base.train.refit_from == "scratch":
-        budget.final_share = 2.25  # the final run trains twice: selection, then a fresh refit
+        budget.final_share = 2.5  # the final run trains twice: selection, then a fresh refit
     space_arg = args.space or str(DEFAULT_SPACES[base.model.task])
     space_path = runner.resolve_path(space_arg)
     space = search_space.load(space_path)

@@ -113,10 +113,10 @@ def test_budget_reserves_the_final_run_and_stops_starting_trials():
     budget = search.Budget(100.0, clock=lambda: now[0])
     assert budget.trial_timeout() == 50.0  # half for the final run until a trial has completed
     now[0] = 20.0
-    budget.done(20.0, complete=True)  # the final run is reserved 1.25 x the longest trial
-    assert budget.trial_timeout() == pytest.approx(100 - 20 - 25)
+    budget.done(20.0, complete=True)  # the final run is reserved 1.5 x the longest trial
+    assert budget.trial_timeout() == pytest.approx(100 - 20 - 30)
     assert not budget.exhausted()
-    now[0] = 72.0  # 28 s left, 25 reserved: 3 s is no trial
+    now[0] = 67.0  # 33 s left, 30 reserved: 3 s is no trial
     assert budget.exhausted()
     unlimited = search.Budget(None)
     assert unlimited.trial_timeout() is None and not unlimited.exhausted() and unlimited.left() == float("inf")
