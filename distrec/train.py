@@ -180,10 +180,9 @@ def _run(cfg: config.Config, env: parallel.DistEnv, out: Path, resuming: bool, s
     phase = "select" if work.has_valid else "train"
     if not work.has_valid:
         log.info("no validation split: no early stopping or refit; the last epoch is tested")
-    model, best, spent = fit(cfg, env, work, cfg.train.epochs, phase=phase, start=start, resuming=resuming, out=out,
-                             scalars=scalars)
-    dense_opts = spent[2]
-    seconds["train"], seconds["valid"] = spent[:2]
+    model, dense_opts, best, spent = fit(cfg, env, work, cfg.train.epochs, phase=phase, start=start, resuming=resuming,
+                                         out=out, scalars=scalars)
+    seconds["train"], seconds["valid"] = spent
     if cfg.train.refit and work.has_valid and work.refit is not None:
         # A fresh model on train + validation for the selected number of epochs, so the tested
         # model has seen all training data (the validation split only chose the epoch count).
@@ -193,8 +192,8 @@ def _run(cfg: config.Config, env: parallel.DistEnv, out: Path, resuming: bool, s
             first, last, carry = best["epoch"], best["epoch"] + cfg.train.refit_epochs, (model, dense_opts)
         else:
             first, last, carry = 0, best["epoch"], None
-        model, _, spent = fit(cfg, env, work, last, phase=phase, start=start, out=out, scalars=scalars,
-                              first_epoch=first, carry=carry)
+        model, dense_opts, _, spent = fit(cfg, env, work, last, phase=phase, start=start, out=out, scalars=scalars,
+                                          first_epoch=first, carry=carry)
         seconds["train"] += spent[0]
         seconds["valid"] += spent[1]
 
@@ -241,8 +240,8 @@ def prepare_resume(cfg: config.Config, env: parallel.DistEnv) -> bool:
 
 def fit(cfg: config.Config, env: parallel.DistEnv, work: Workload, epochs: int, *, phase: str, start: float,
         out: Path, scalars: monitor.Scalars, resuming: bool = False, first_epoch: int = 0, carry=None):
-    """Build a model and train it for up to `epochs` epochs; returns (model, best, (training
-    seconds, evaluation seconds, dense optimizers)). `carry`: (model, dense optimizers) to go
+    """Build a model and train it for up to `epochs` epochs; returns (model, dense optimizers,
+    best, (training seconds, evaluation seconds)). `carry`: (model, dense optimizers) to go
     on training instead of a fresh model, from epoch `first_epoch` + 1 (a refit from the
     selected model: its tables and optimizer state stay, its epochs draw new streams).
 
@@ -371,7 +370,7 @@ def fit(cfg: config.Config, env: parallel.DistEnv, work: Workload, epochs: int, 
             break
     if select:
         checkpoint.restore(model, best["snapshot"])
-    return model, best, (seconds, eval_seconds, dense_opts)
+    return model, dense_opts, best, (seconds, eval_seconds)
 
 
 def _resume(cfg, env, work, model, dense_opts, best: dict, select: bool, out: Path) -> dict:
