@@ -99,8 +99,7 @@ def frequency_l2(rows: torch.Tensor, scale: torch.Tensor, exponent: float, weigh
     sq = rows.pow(2)
     if weights is not None:
         sq = sq * weights.to(rows.device, rows.dtype)
-    factor = scale.pow(1.0 - exponent) if exponent != 1 else torch.ones_like(scale)
-    return (factor * sq.sum(dim=-1)).sum() / 2
+    return (scale.pow(1.0 - exponent) * sq.sum(dim=-1)).sum() / 2
 
 
 def level_l2_weights(levels: tuple[int, ...], weights: tuple[float, ...]) -> torch.Tensor:

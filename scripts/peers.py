@@ -154,10 +154,8 @@ class Rows:
 
     @classmethod
     def binary(cls, data: InteractionData, split: str = "train") -> "Rows":
-        users, items = data.pairs(split)  # sorted by (user, item), duplicate free
-        indptr = np.zeros(data.num_users + 1, np.int64)
-        np.cumsum(np.bincount(users, minlength=data.num_users), out=indptr[1:])
-        return cls(indptr, np.asarray(items, np.int64), np.ones(len(items)), (data.num_users, data.num_items))
+        indptr, items = data.csr(split)  # sorted by (user, item), duplicate free
+        return cls(indptr, items, np.ones(len(items)), (data.num_users, data.num_items))
 
     def dense(self, rows: np.ndarray, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """Rows `rows` as a dense `[len(rows), num_items]` tensor."""
