@@ -132,7 +132,7 @@ def mrl4rec_workload(cfg: Config, env: parallel.DistEnv, data: InteractionData) 
         cand_stream, shared_stream = counters.key(cfg.train.seed, epoch, 1), counters.key(cfg.train.seed, epoch, 2)
         n = len(data.train_users)
         for _, idx, global_size, first in epoch_batches(n, cfg.train.batch_size, cfg.train.seed, epoch, env.rank, env.world_size, start):
-            users, idx_items = data.train_users[idx], data.train_items[idx]
+            users = data.train_users[idx]
             if softmax:
                 shared = shared_negatives(shared_stream, first, len(idx), data.num_items, num_shared(len(idx)))
                 cands = np.zeros((len(idx), 0, 0), np.int64)
@@ -140,7 +140,7 @@ def mrl4rec_workload(cfg: Config, env: parallel.DistEnv, data: InteractionData) 
                 positions = np.arange(first, first + len(idx))
                 cands, shared = sampler.draw(cand_stream, positions, users, shape), None
             yield Batch(
-                users=torch.as_tensor(users), pos=torch.as_tensor(idx_items), cands=torch.as_tensor(cands),
+                users=torch.as_tensor(users), pos=torch.as_tensor(data.train_items[idx]), cands=torch.as_tensor(cands),
                 global_size=global_size, world_size=env.world_size, shared=None if shared is None else torch.as_tensor(shared),
                 catalogue=softmax and num_shared(len(idx)) >= data.num_items,  # shared_negatives gave every item
                 user_scale=torch.as_tensor(1.0 / pairs_per_user[users], dtype=torch.float32)
