@@ -295,6 +295,12 @@ class TrainConfig:
     # score over every item, at every level, once per user per epoch (each of a user's pairs
     # carries 1 / its pair count). Looks the whole item table up every step (0 = off).
     gramian: float = 0.0
+    # Steps between the whole-catalogue term's item updates. The users get its exact gradient
+    # every step (the item Gramian is read from the local shards, no lookup); every k-th step
+    # also looks every item up and updates it with k times that batch's share, the same in
+    # expectation over the shuffled batches. 1: every step, as in iALS. The lookup and the
+    # update of every item row were half of a Phones step at batch 2,048 (docs/results.md §8).
+    gramian_every: int = 1
     seed: int = 2022  # seed of initial weights, negative draws and batch order
     # After early stopping, train a fresh model on train + validation for the selected number
     # of epochs and test that one (the validation split then only picks the epoch count).
@@ -340,7 +346,7 @@ class TrainConfig:
                 raise ConfigError(f"train.{name} must be a finite number >= 0 (0 = off), got {value}")
         if self.num_sampled < 0 or self.ihn_beta < 0 or self.rr_lambda < 0:
             raise ConfigError("train.num_sampled, train.ihn_beta and train.rr_lambda must be >= 0")
-        for name in ("epochs", "batch_size", "num_negs", "refit_epochs"):
+        for name in ("epochs", "batch_size", "num_negs", "refit_epochs", "gramian_every"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"train.{name} must be positive, got {getattr(self, name)}")
         if self.lr <= 0:
@@ -580,6 +586,8 @@ USES = (
     Use("train.l2_per_level", _TASK, _mf, MF_ONLY),
     Use("train.l2_user_exponent", _TASK, _mf, MF_ONLY, as_if=1.0),
     Use("train.gramian", _TASK, _mf, MF_ONLY, as_if=0.0),
+    Use("train.gramian_every", ("model.task", "train.gramian"), lambda c: _mf(c) and c.train.gramian > 0,
+        "model.task=mrl4rec with train.gramian > 0", as_if=1),
     Use("train.refit", _TASK, _mf, MF_ONLY, as_if=False),
     # Not tied to train.refit: a search turns the refit off in its trials and on in its final run.
     Use("train.refit_from", _TASK, _mf, MF_ONLY),

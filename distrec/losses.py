@@ -77,6 +77,35 @@ def gramian_penalty(u: torch.Tensor, items: torch.Tensor, levels: tuple[int, ...
     return total / items.shape[0]
 
 
+def gramian_mask(levels: tuple[int, ...], weights: tuple[float, ...]) -> torch.Tensor:
+    """`[D, D]` weights M with sum_l w_l <u[:d_l], G[:d_l, :d_l] u[:d_l]> = u^T (M * G) u:
+    entry (j, k) is the sum of w_l over the levels whose prefix holds both coordinates
+    (d_l > max(j, k)). One product with M * G replaces a product per level."""
+    mask = torch.zeros(levels[-1], levels[-1], dtype=torch.float64)
+    for d, w in zip(levels, weights):
+        mask[:d, :d] += w
+    return mask.float()
+
+
+def gramian_user_term(u: torch.Tensor, gram: torch.Tensor, mask: torch.Tensor, num_items: int) -> torch.Tensor:
+    """The whole-catalogue term per user `[B]` with the item Gramian `gram [D, D]` held fixed:
+    u^T (M * G) u / I, gramian_penalty's value and its gradient for the users. Pass G detached:
+    the items' share of the gradient is `gramian_item_term`'s."""
+    return ((u @ (mask * gram)) * u).sum(dim=1) / num_items
+
+
+def gramian_item_term(u: torch.Tensor, scale: torch.Tensor | None, gram: torch.Tensor, mask: torch.Tensor,
+                      num_items: int) -> torch.Tensor:
+    """The items' share of the batch's whole-catalogue term, a scalar: sum_b scale_b u_b^T (M * G) u_b / I
+    with the users held fixed, written as sum(M * S * G) / I over S = sum_b scale_b u_b u_b^T, so
+    its gradient for every item row (2 V (M * S) / I) costs one D x D matrix, whatever the batch.
+
+    With `gramian_user_term` on G detached, the two gradients sum to gramian_penalty's."""
+    u = u.detach()
+    s = (u * scale[:, None]).T @ u if scale is not None else u.T @ u
+    return (mask * s * gram).sum() / num_items
+
+
 def l2_penalty(*tables: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
     """Half the squared norm of the batch's embeddings, summed (scaled by the caller).
 

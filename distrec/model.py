@@ -31,6 +31,9 @@ class Batch(DeviceBatch):
     shared: torch.Tensor | None = None  # loss=softmax: [N] negative ids shared by the local batch
     catalogue: bool = False  # loss=softmax: `shared` is every item in id order (exact full softmax)
     user_scale: torch.Tensor | None = None  # [B] 1 / the user's training pairs (Gramian term), None = 1
+    # Weight of the whole-catalogue term's item update this step (train.gramian_every): 1 every
+    # step, or (steps / updating steps) of the epoch on every k-th step and 0 on the others.
+    gramian_item_weight: float = 1.0
 
 
 class MatryoshkaMF(nn.Module):
@@ -48,6 +51,7 @@ class MatryoshkaMF(nn.Module):
         self.l2_user_exponent = train_cfg.l2_user_exponent  # frequency-aware user L2 below 1
         # Per-coordinate L2 weights: uniform, or matched to the level weights (losses.level_l2_weights).
         self.l2_weights = losses.level_l2_weights(self.levels, self.weights) if train_cfg.l2_per_level else None
+        self.gram_mask = losses.gramian_mask(self.levels, self.weights)  # [D, D] level weights of the Gramian term
 
     def forward(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         b = batch.users.shape[0]
@@ -62,13 +66,9 @@ class MatryoshkaMF(nn.Module):
             pos, neg = rows[:b], rows[b:].view(b, negs.shape[1], -1)
             per_sample = losses.pairwise_loss(u, pos, neg, self.levels, self.weights, self.loss_kind, per_level)
             regularised = (u, pos, neg)
+        item_term = u.new_zeros(())
         if self.gramian > 0:
-            every_item = self.tables.items(torch.arange(self.tables.num_items, device=u.device))
-            gram = losses.gramian_penalty(u, every_item, self.levels, self.weights)
-            # Scaled by 1 / the user's pair count, each user's term counts once per epoch (as
-            # in iALS), not once per pair: otherwise dense users would be pushed to 0 hardest.
-            if batch.user_scale is not None:
-                gram = gram * batch.user_scale
+            gram, item_term = self._gramian(u, batch)
             per_sample = per_sample + self.gramian * gram
         if self.l2_user_exponent != 1:  # users by their pair counts, items per occurrence
             reg = self.l2 * (losses.frequency_l2(u, batch.user_scale, self.l2_user_exponent, self.l2_weights)
@@ -78,11 +78,55 @@ class MatryoshkaMF(nn.Module):
         # Gradients are averaged over ranks (DDP, and TorchRec's gradient division for sharded
         # tables), so each rank's share of the global-batch mean is scaled by the world size:
         # exactly the one-process gradient, even when local batches differ in size by one.
-        loss = (per_sample.sum() + reg) * batch.world_size / batch.global_size
+        loss = (per_sample.sum() + self.gramian * item_term + reg) * batch.world_size / batch.global_size
         stats = {"loss_sum": per_sample.detach().sum(), "pairs": torch.tensor(float(b))}
         if per_level:  # BPR has no per-level terms
             stats["level_loss_sum"] = torch.stack(per_level)
         return loss, stats
+
+    def _gramian(self, u: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """The whole-catalogue term (losses.gramian_penalty) as (per-user values `[B]`, which
+        carry the users' gradient, and a scalar that carries the items'), so that the costly
+        half, a lookup and an update of every item row, runs only on the steps that
+        `batch.gramian_item_weight` marks. Each user's term is scaled by 1 / its pair count so
+        that it counts once per epoch (as in iALS), not once per pair: otherwise dense users
+        would be pushed to 0 hardest."""
+        num_items = self.tables.num_items
+        item_weight = batch.gramian_item_weight
+        gram = None
+        if item_weight > 0 or not self._gram_from_shards():
+            every_item = self.tables.items(torch.arange(num_items, device=u.device))
+            gram = every_item.T @ every_item  # [D, D], every prefix's Gramian is its top-left block
+        fixed = gram.detach() if gram is not None else self._shard_gram()
+        per_user = losses.gramian_user_term(u, fixed, self.gram_mask.to(u.device), num_items)
+        if batch.user_scale is not None:
+            per_user = per_user * batch.user_scale
+        if item_weight == 0:
+            return per_user, u.new_zeros(())
+        item_term = losses.gramian_item_term(u, batch.user_scale, gram, self.gram_mask.to(u.device), num_items)
+        return per_user, item_weight * item_term
+
+    def _gram_from_shards(self) -> bool:
+        """Whether V^T V can be summed from the ranks' row blocks: every block holds whole rows
+        (a table split by columns needs the cross-block products). Decided once, by all ranks."""
+        if not hasattr(self, "_whole_rows"):
+            shards, _ = self.tables.local_items()
+            whole = all(sh.first_col == 0 and sh.weight.shape[1] == self.levels[-1] for sh in shards)
+            flag = torch.tensor([0.0 if whole else 1.0], device=self.env.device)
+            self._whole_rows = bool(parallel.all_reduce_sum(flag, self.env).item() == 0)
+        return self._whole_rows
+
+    @torch.no_grad()
+    def _shard_gram(self) -> torch.Tensor:
+        """V^T V from the rows this rank holds, summed over ranks: the item Gramian without a
+        lookup (a replicated table is whole on every rank and needs no sum)."""
+        shards, replicated = self.tables.local_items()
+        dim = self.levels[-1]
+        gram = torch.zeros(dim, dim, device=self.env.device)
+        for sh in shards:
+            w = sh.weight.to(gram.device, torch.float32)
+            gram += w.T @ w
+        return gram if replicated or self.env.world_size == 1 else parallel.all_reduce_sum(gram, self.env)
 
     def _softmax(self, u: torch.Tensor, batch: Batch, per_level: list) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
         """Matryoshka softmax of each positive against the batch's shared negatives, at every

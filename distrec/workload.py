@@ -23,7 +23,7 @@ from distrec import counters, evaluate, losses, outputs, parallel
 from distrec.config import Config
 from distrec.data import InteractionData, load_dataset
 from distrec.data.dataset import print_warning
-from distrec.data.batches import epoch_batches
+from distrec.data.batches import epoch_batches, num_batches
 from distrec.data.sequences import SequenceData, history_windows, load_sequences, ranges
 from distrec.embeddings import TABLE_SHARDING_FIELDS, Tables, attach_fused_optimizer, dense_optimizers
 from distrec.model import Batch, MatryoshkaMF
@@ -131,7 +131,11 @@ def mrl4rec_workload(cfg: Config, env: parallel.DistEnv, data: InteractionData) 
     def batches(epoch: int, start: int = 0) -> Iterator[Batch]:
         cand_stream, shared_stream = counters.key(cfg.train.seed, epoch, 1), counters.key(cfg.train.seed, epoch, 2)
         n = len(data.train_users)
-        for _, idx, global_size, first in epoch_batches(n, cfg.train.batch_size, cfg.train.seed, epoch, env.rank, env.world_size, start):
+        # train.gramian_every = k: the items' whole-catalogue update on steps 0, k, 2k, ..., each
+        # weighted steps / updating steps, so that an epoch's item updates sum to the every-step total.
+        steps, every = num_batches(n, cfg.train.batch_size), cfg.train.gramian_every
+        item_weight = steps / -(-steps // every)
+        for step, idx, global_size, first in epoch_batches(n, cfg.train.batch_size, cfg.train.seed, epoch, env.rank, env.world_size, start):
             users = data.train_users[idx]
             if softmax:
                 shared = shared_negatives(shared_stream, first, len(idx), data.num_items, num_shared(len(idx)))
@@ -145,6 +149,7 @@ def mrl4rec_workload(cfg: Config, env: parallel.DistEnv, data: InteractionData) 
                 catalogue=softmax and num_shared(len(idx)) >= data.num_items,  # shared_negatives gave every item
                 user_scale=torch.as_tensor(1.0 / pairs_per_user[users], dtype=torch.float32)
                 if cfg.train.gramian or frequency else None,
+                gramian_item_weight=item_weight if step % every == 0 else 0.0,
             ).to(env.device)
 
     return Workload(

@@ -74,6 +74,9 @@ def rank_body(overrides: list[str], weights, csr, batch_arrays):
         batch = Batch(torch.as_tensor(users[mine]), torch.as_tensor(pos[mine]), torch.as_tensor(cands[mine]), len(users), env.world_size)
         if cfg.train.gramian:  # each pair's whole-catalogue term scaled per user (1 / pair count in training)
             batch.user_scale = torch.as_tensor(user_scale(users[mine]))
+            # train.gramian_every > 1: a step inside the window, which updates only the users
+            # (the item Gramian summed from the ranks' shards, or looked up when split by columns).
+            batch.gramian_item_weight = 1.0 if cfg.train.gramian_every == 1 else 0.0
         if cfg.train.loss == "softmax":  # every item is a negative: the exact full softmax
             batch = Batch(batch.users, batch.pos, batch.cands[:, :0, :0], len(users), env.world_size,
                           shared=torch.arange(NUM_ITEMS), catalogue=True)
@@ -94,9 +97,10 @@ def user_scale(users: np.ndarray) -> np.ndarray:
     return (1.0 / (1 + users % 3)).astype(np.float32)
 
 
-def reference_sgd_step(weights, batch_arrays, loss_kind="mrl", gramian=0.0):
+def reference_sgd_step(weights, batch_arrays, loss_kind="mrl", gramian=0.0, users_only=False):
     """Plain torch: MNS selection and MRL loss (or the full softmax over all items), the Gramian
-    term over all items, per-level L2, averaged over the batch, one SGD step."""
+    term over all items (its gradient for the users only when `users_only`), per-level L2,
+    averaged over the batch, one SGD step."""
     users, pos, cands = (torch.as_tensor(x) for x in batch_arrays)
     wu = weights["user"].clone().requires_grad_(True)
     wi = weights["item"].clone().requires_grad_(True)
@@ -115,7 +119,7 @@ def reference_sgd_step(weights, batch_arrays, loss_kind="mrl", gramian=0.0):
         per_sample = losses.pairwise_loss(u, p, n, LEVELS, w, "mrl")
         reg = losses.l2_penalty(u, p, n, weights=l2_weights)
     scale = torch.as_tensor(user_scale(users.numpy()))
-    per_sample = per_sample + gramian * scale * losses.gramian_penalty(u, wi, LEVELS, w)
+    per_sample = per_sample + gramian * scale * losses.gramian_penalty(u, wi.detach() if users_only else wi, LEVELS, w)
     loss = (per_sample.sum() + 1e-4 * reg) / len(users)
     loss.backward()
     return {"user": (wu - LR * wu.grad).detach(), "item": (wi - LR * wi.grad).detach()}
@@ -146,15 +150,20 @@ SHARDINGS = [
 
 # (sharding, loss, Gramian weight): every sharding with the MRL loss and the whole-catalogue term;
 # the full softmax on one sharding (its lookups are the same as the Gramian's).
-CASES = [(SHARDINGS[0], "mrl", 0.5), (SHARDINGS[1], "mrl", 0.5), (SHARDINGS[2], "mrl", 0.0), (SHARDINGS[3], "mrl", 0.0),
-         (SHARDINGS[0], "softmax", 0.0)]
+# gramian_every 2: a users-only step, its item Gramian summed over row-wise shards, or (items
+# split by columns) looked up.
+CASES = [(SHARDINGS[0], "mrl", 0.5, 1), (SHARDINGS[1], "mrl", 0.5, 1), (SHARDINGS[2], "mrl", 0.0, 1),
+         (SHARDINGS[3], "mrl", 0.0, 1), (SHARDINGS[0], "softmax", 0.0, 1), (SHARDINGS[1], "mrl", 0.5, 2),
+         (SHARDINGS[3], "mrl", 0.5, 2)]
 
 
-@pytest.mark.parametrize("sharding,loss_kind,gramian", CASES,
-                         ids=["table_wise", "row_wise", "column_wise+data_parallel", "item_column_wise", "softmax"])
-def test_two_ranks_equal_one_process_and_plain_torch(sharding, loss_kind, gramian, tmp_path):
+@pytest.mark.parametrize("sharding,loss_kind,gramian,gramian_every", CASES,
+                         ids=["table_wise", "row_wise", "column_wise+data_parallel", "item_column_wise", "softmax",
+                              "row_wise_gramian_users_only", "item_column_wise_gramian_users_only"])
+def test_two_ranks_equal_one_process_and_plain_torch(sharding, loss_kind, gramian, gramian_every, tmp_path):
     weights, csr, batch = make_problem()
-    overrides = [*sharding, "train.optimizer=sgd", f"train.loss={loss_kind}", f"train.gramian={gramian}"]
+    overrides = [*sharding, "train.optimizer=sgd", f"train.loss={loss_kind}", f"train.gramian={gramian}",
+                 f"train.gramian_every={gramian_every}"]
     one = run_ranks(rank_body, 1, tmp_path, overrides, weights, csr, batch)[0]
     two = run_ranks(rank_body, 2, tmp_path, overrides, weights, csr, batch)
     # Both ranks agree, and agree with one process and with a brute-force evaluation.
@@ -164,7 +173,7 @@ def test_two_ranks_equal_one_process_and_plain_torch(sharding, loss_kind, gramia
     assert_metrics_equal(one["valid"], brute_metrics(weights, csr, "valid", ["train"]))
     assert_metrics_equal(one["test"], brute_metrics(weights, csr, "test", ["train", "valid"]))
     # One SGD step on the same global batch: same tables on 1 and 2 ranks, equal to plain torch.
-    ref = reference_sgd_step(weights, batch, loss_kind, gramian)
+    ref = reference_sgd_step(weights, batch, loss_kind, gramian, users_only=gramian_every > 1)
     for name in ("user", "item"):
         assert not torch.allclose(ref[name], weights[name])  # the step really moved something
         torch.testing.assert_close(one["tables"][name], ref[name], atol=1e-6, rtol=1e-5)
