@@ -293,12 +293,13 @@ class TrainConfig:
     l2_user_exponent: float = 1.0
     # Weight of the whole-catalogue term (losses.gramian_penalty, as in iALS): the mean squared
     # score over every item, at every level, once per user per epoch (each of a user's pairs
-    # carries 1 / its pair count). Looks the whole item table up every step (0 = off).
+    # carries 1 / its pair count). Looks the whole item table up every train.gramian_every
+    # steps (0 = off).
     gramian: float = 0.0
     # Steps between the whole-catalogue term's item updates. The users get its exact gradient
     # every step (the item Gramian is read from the local shards, no lookup); every k-th step
-    # also looks every item up and updates it with k times that batch's share, the same in
-    # expectation over the shuffled batches. 1: every step, as in iALS. The lookup and the
+    # also looks every item up and updates it with that batch's share times (steps / updating
+    # steps) of the epoch, about k: the same in expectation over the shuffled batches. 1: every step, as in iALS. The lookup and the
     # update of every item row were half of a Phones step at batch 2,048 (docs/results.md §8).
     gramian_every: int = 1
     seed: int = 2022  # seed of initial weights, negative draws and batch order

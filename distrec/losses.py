@@ -81,10 +81,9 @@ def gramian_mask(levels: tuple[int, ...], weights: tuple[float, ...]) -> torch.T
     """`[D, D]` weights M with sum_l w_l <u[:d_l], G[:d_l, :d_l] u[:d_l]> = u^T (M * G) u:
     entry (j, k) is the sum of w_l over the levels whose prefix holds both coordinates
     (d_l > max(j, k)). One product with M * G replaces a product per level."""
-    mask = torch.zeros(levels[-1], levels[-1], dtype=torch.float64)
-    for d, w in zip(levels, weights):
-        mask[:d, :d] += w
-    return mask.float()
+    cover = _level_cover(levels, weights)
+    j = torch.arange(levels[-1])
+    return cover[torch.maximum(j[:, None], j[None, :])].float()
 
 
 def gramian_user_term(u: torch.Tensor, gram: torch.Tensor, mask: torch.Tensor, num_items: int) -> torch.Tensor:
@@ -142,10 +141,15 @@ def level_l2_weights(levels: tuple[int, ...], weights: tuple[float, ...]) -> tor
     block dies (test metrics at d = 32 and d = 64 were identical). Weighting the penalty like
     the loss, sum_l w_l (loss_l + l2 ||e[:d_l]||^2), gives every block the same trade-off.
     """
-    cum = torch.zeros(levels[-1], dtype=torch.float64)
+    return (_level_cover(levels, weights) / sum(weights)).float()
+
+
+def _level_cover(levels: tuple[int, ...], weights: tuple[float, ...]) -> torch.Tensor:
+    """`[D]` float64: coordinate j's sum of w_l over the levels whose prefix holds it (d_l > j)."""
+    cover = torch.zeros(levels[-1], dtype=torch.float64)
     for d, wl in zip(levels, weights):
-        cum[:d] += wl
-    return (cum / sum(weights)).float()
+        cover[:d] += wl
+    return cover
 
 
 # --- Multi-interest losses (REMI): interest selection, sampled softmax with IHN, routing

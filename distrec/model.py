@@ -98,12 +98,13 @@ class MatryoshkaMF(nn.Module):
             every_item = self.tables.items(torch.arange(num_items, device=u.device))
             gram = every_item.T @ every_item  # [D, D], every prefix's Gramian is its top-left block
         fixed = gram.detach() if gram is not None else self._shard_gram()
-        per_user = losses.gramian_user_term(u, fixed, self.gram_mask.to(u.device), num_items)
+        mask = self.gram_mask.to(u.device)
+        per_user = losses.gramian_user_term(u, fixed, mask, num_items)
         if batch.user_scale is not None:
             per_user = per_user * batch.user_scale
         if item_weight == 0:
             return per_user, u.new_zeros(())
-        item_term = losses.gramian_item_term(u, batch.user_scale, gram, self.gram_mask.to(u.device), num_items)
+        item_term = losses.gramian_item_term(u, batch.user_scale, gram, mask, num_items)
         return per_user, item_weight * item_term
 
     def _gram_from_shards(self) -> bool:
@@ -112,8 +113,8 @@ class MatryoshkaMF(nn.Module):
         if not hasattr(self, "_whole_rows"):
             shards, _ = self.tables.local_items()
             whole = all(sh.first_col == 0 and sh.weight.shape[1] == self.levels[-1] for sh in shards)
-            flag = torch.tensor([0.0 if whole else 1.0], device=self.env.device)
-            self._whole_rows = bool(parallel.all_reduce_sum(flag, self.env).item() == 0)
+            split = parallel.all_reduce_max(torch.tensor([0.0 if whole else 1.0], device=self.env.device), self.env)
+            self._whole_rows = not split.item()
         return self._whole_rows
 
     @torch.no_grad()
