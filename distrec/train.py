@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from distrec import checkpoint, config, console, counters, monitor, outputs, parallel, preemption, rundir
 from distrec.data import DataError
+from distrec.concurrent_refit import RefitAlongside
 from distrec.data.batches import num_batches
 from distrec.workload import Workload, build_workload
 
@@ -180,10 +181,27 @@ def _run(cfg: config.Config, env: parallel.DistEnv, out: Path, resuming: bool, s
     phase = "select" if work.has_valid else "train"
     if not work.has_valid:
         log.info("no validation split: no early stopping or refit; the last epoch is tested")
-    model, dense_opts, best, spent = fit(cfg, env, work, cfg.train.epochs, phase=phase, start=start, resuming=resuming,
-                                         out=out, scalars=scalars)
+    alongside = _refit_alongside(cfg, env, work, resuming)
+    threads = torch.get_num_threads()
+    try:
+        if alongside is not None:
+            torch.set_num_threads(alongside.threads)  # half for the selection, half for the refit
+        model, dense_opts, best, spent = fit(cfg, env, work, cfg.train.epochs, phase=phase, start=start,
+                                             resuming=resuming, out=out, scalars=scalars, alongside=alongside)
+    finally:
+        if alongside is not None:
+            alongside.close()
+            torch.set_num_threads(threads)
     seconds["train"], seconds["valid"] = spent
-    if cfg.train.refit and work.has_valid and work.refit is not None:
+    if alongside is not None:
+        # The refit trained epoch for epoch beside the selection: its weights at the selected
+        # epoch are the model a refit from scratch trains afterwards (concurrent_refit.py).
+        phase = "refit"
+        work = alongside.work
+        model, dense_opts = alongside.result(best["epoch"])
+        seconds["refit"] = alongside.seconds  # overlapped with "train", not added to it
+        log.info(f"refit on train + valid alongside the selection: its epoch {best['epoch']} is the tested model")
+    elif cfg.train.refit and work.has_valid and work.refit is not None:
         # A fresh model on train + validation for the selected number of epochs, so the tested
         # model has seen all training data (the validation split only chose the epoch count).
         phase = "refit"
@@ -202,7 +220,7 @@ def _run(cfg: config.Config, env: parallel.DistEnv, out: Path, resuming: bool, s
     test = work.evaluate(model, "test", cfg, env)
     seconds["test"] = time.perf_counter() - t0
     result = {"test": test, "valid": best["valid"], "best_epoch": best["epoch"], "train_seconds": seconds["train"],
-              "refit": phase == "refit", "seconds": seconds}
+              "refit": phase == "refit", "refit_alongside": alongside is not None, "seconds": seconds}
     work.export(model, env, out, resolved=config.to_dict(cfg), origin={"written_by": "train", "epoch": best["epoch"],
                                                                         "phase": phase})
     if env.is_main:
@@ -213,6 +231,37 @@ def _run(cfg: config.Config, env: parallel.DistEnv, out: Path, resuming: bool, s
                  f"{seconds['test']:.1f} s test, "
                  f"{time.perf_counter() - start:.1f} s in all; outputs in {cfg.run_dir}")
     return result
+
+
+def _refit_alongside(cfg: config.Config, env: parallel.DistEnv, work: Workload, resuming: bool) -> RefitAlongside | None:
+    """The refit from scratch beside the selection (`train.refit_alongside=auto`) when this
+    process has two or more threads to split and runs alone: the same tested model, in about
+    the selection's time instead of twice it. A resumed selection, or one that tracks test,
+    refits after it, as before."""
+    if not (cfg.train.refit and cfg.train.refit_from == "scratch" and cfg.train.refit_alongside == "auto"
+            and work.has_valid and work.refit is not None):
+        return None
+    if cfg.eval.track_test:  # the refit's test curve is evaluated on the way: one after the other
+        return None
+    threads = torch.get_num_threads()
+    if env.world_size > 1 or threads < 2 or resuming:
+        return None
+    refit_work = work.refit()
+
+    def one_epoch(model, dense_opts, epoch: int, after_step):
+        loss, level_loss = train_epoch(model, dense_opts, refit_work, cfg, env, epoch, after_step=after_step)
+        return loss, None if level_loss is None else {str(d): v for d, v in zip(cfg.model.levels, level_loss)}
+
+    return RefitAlongside(refit_work, lambda: _fresh_model(cfg, refit_work), one_epoch, threads // 2)
+
+
+def _fresh_model(cfg: config.Config, work: Workload):
+    """A new model and its dense optimizers, seeded: the same weights for any world size
+    (dense towers: DDP copies rank 0's; tables: counter-based, Tables.seed)."""
+    torch.manual_seed(cfg.train.seed * 1009)
+    model, dense_opts = work.build()
+    model.module.tables.seed(cfg.train.seed)
+    return model, dense_opts
 
 
 FINISHED = "finished"  # in <run_dir>/checkpoint once the run has written metrics.json
@@ -239,7 +288,8 @@ def prepare_resume(cfg: config.Config, env: parallel.DistEnv) -> bool:
 
 
 def fit(cfg: config.Config, env: parallel.DistEnv, work: Workload, epochs: int, *, phase: str, start: float,
-        out: Path, scalars: monitor.Scalars, resuming: bool = False, first_epoch: int = 0, carry=None):
+        out: Path, scalars: monitor.Scalars, resuming: bool = False, first_epoch: int = 0, carry=None,
+        alongside: RefitAlongside | None = None):
     """Build a model and train it for up to `epochs` epochs; returns (model, dense optimizers,
     best, (training seconds, evaluation seconds)). `carry`: (model, dense optimizers) to go
     on training instead of a fresh model, from epoch `first_epoch` + 1 (a refit from the
@@ -250,16 +300,15 @@ def fit(cfg: config.Config, env: parallel.DistEnv, work: Workload, epochs: int, 
     progress. "refit" / "train" (no validation): run all epochs; test is evaluated on the way
     only with `eval.track_test`. Checkpoints follow `checkpoint.Schedule`; a resumed run
     continues at the batch after its checkpoint. Each epoch: one log line (with the ETA) and
-    its TensorBoard scalars.
+    its TensorBoard scalars. `alongside`: the refit that trains each epoch beside this
+    selection's and keeps its weights at every epoch that improves validation.
     """
     select = phase == "select"
     # Dense towers: DDP copies rank 0's initial weights to every rank. Tables: counter-based,
     # the same for any world size (Tables.seed). Training draws are counter-based too, so a run
     # does not depend on the world size at equal global batch, up to float summation order.
     if carry is None:
-        torch.manual_seed(cfg.train.seed * 1009)
-        model, dense_opts = work.build()
-        model.module.tables.seed(cfg.train.seed)
+        model, dense_opts = _fresh_model(cfg, work)
         log.info(f"sharding plan:\n{model.plan}")
     else:
         model, dense_opts = carry
@@ -314,8 +363,9 @@ def fit(cfg: config.Config, env: parallel.DistEnv, work: Workload, epochs: int, 
             log.info(f"checkpoint: epoch {epoch}, {done}/{steps} batches")
 
     # The ETA: epochs left x the mean seconds of an epoch with its evaluation. Early stopping
-    # can end "select" sooner (an upper bound, ≤), and a refit may follow it.
-    bound = ("≤ ", " + refit" if cfg.train.refit and work.refit is not None else "") if select else ("", "")
+    # can end "select" sooner (an upper bound, ≤), and a refit may follow it (unless it trains alongside).
+    after = cfg.train.refit and work.refit is not None and alongside is None
+    bound = ("≤ ", " + refit" if after else "") if select else ("", "")
     whole = []  # seconds of each whole epoch trained here, evaluation included (not a resumed part)
     for epoch in range(at["epoch"] + 1, epochs + 1):
         if at["stopped"]:
@@ -323,6 +373,8 @@ def fit(cfg: config.Config, env: parallel.DistEnv, work: Workload, epochs: int, 
         first_batch = at["batch"] if epoch == at["epoch"] + 1 else 0
         carried = at["totals"] if first_batch and env.is_main else None
         t0 = time.perf_counter()
+        if alongside is not None:
+            alongside.start(epoch)
         loss, level_loss = train_epoch(model, dense_opts, work, cfg, env, epoch, start=first_batch, carried=carried,
                            after_step=lambda done, totals, e=epoch: after_step(e, done, totals))
         record = {"phase": phase, "epoch": epoch, "loss": loss, "epoch_seconds": time.perf_counter() - t0}
@@ -349,6 +401,12 @@ def fit(cfg: config.Config, env: parallel.DistEnv, work: Workload, epochs: int, 
                 best.update(score=record["valid"][dim][metric], epoch=epoch, valid=record["valid"],
                             snapshot=checkpoint.snapshot(model))
             stop = select and epoch - best["epoch"] >= cfg.eval.patience * cfg.eval.every_epochs
+        if alongside is not None:
+            t1 = time.perf_counter()
+            beside = alongside.finish(epoch, keep=improved)
+            seconds += time.perf_counter() - t1  # waiting for the refit's epoch is training time
+            log.info(_epoch_line(beside, epochs))
+            scalars.epoch(beside, alongside.work.num_samples / max(beside["epoch_seconds"], 1e-9))
         if not first_batch:
             whole.append(record["epoch_seconds"] + record.get("eval_seconds", 0.0))
         left = 0 if stop or not whole else (epochs - epoch) * sum(whole) / len(whole)
