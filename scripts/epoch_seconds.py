@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import sys
 import time
 from pathlib import Path
@@ -41,6 +42,7 @@ def main() -> None:
     for epoch in range(1, args.epochs + 1):
         parts = {"batches": 0.0, "forward": 0.0, "backward": 0.0}
         start, steps = time.perf_counter(), 0
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt  # pages the kernel had to map and zero
         batches = work.batches(epoch)
         while True:
             t0 = time.perf_counter()
@@ -58,11 +60,12 @@ def main() -> None:
             parts["forward"] += t2 - t1
             parts["backward"] += time.perf_counter() - t2
             steps += 1
-        rows.append({"epoch": epoch, "seconds": time.perf_counter() - start, "steps": steps, **parts})
+        rows.append({"epoch": epoch, "seconds": time.perf_counter() - start, "steps": steps, **parts,
+                     "page_faults": resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults})
         if env.is_main:
             print(" ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in rows[-1].items()), flush=True)
     if env.is_main:
-        medians = {k: float(np.median([r[k] for r in rows])) for k in ("seconds", "batches", "forward", "backward")}
+        medians = {k: float(np.median([r[k] for r in rows])) for k in ("seconds", "batches", "forward", "backward", "page_faults")}
         print(json.dumps({"threads": torch.get_num_threads(), "overrides": args.overrides, **medians}))
     parallel.shutdown()
 
