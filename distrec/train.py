@@ -30,8 +30,8 @@ import yaml
 from tqdm import tqdm
 
 from distrec import checkpoint, config, console, counters, monitor, outputs, parallel, preemption, rundir
-from distrec.data import DataError
 from distrec.concurrent_refit import RefitAlongside
+from distrec.data import DataError
 from distrec.data.batches import num_batches
 from distrec.workload import Workload, build_workload
 
@@ -249,7 +249,7 @@ def _refit_alongside(cfg: config.Config, env: parallel.DistEnv, work: Workload, 
     refit_work = work.refit()
 
     def one_epoch(model, dense_opts, epoch: int, after_step):
-        loss, level_loss = train_epoch(model, dense_opts, refit_work, cfg, env, epoch, after_step=after_step)
+        loss, level_loss = train_epoch(model, dense_opts, refit_work, cfg, env, epoch, after_step=after_step, show_bar=False)
         return loss, None if level_loss is None else {str(d): v for d, v in zip(cfg.model.levels, level_loss)}
 
     return RefitAlongside(refit_work, lambda: _fresh_model(cfg, refit_work), one_epoch, threads // 2)
@@ -455,16 +455,18 @@ def _resume(cfg, env, work, model, dense_opts, best: dict, select: bool, out: Pa
 
 
 def train_epoch(model, dense_opts, work: Workload, cfg: config.Config, env: parallel.DistEnv, epoch: int, *,
-                start: int = 0, carried: list | None = None, after_step=None) -> tuple[float, list[float] | None]:
+                start: int = 0, carried: list | None = None, after_step=None, show_bar: bool = True,
+                ) -> tuple[float, list[float] | None]:
     """One pass over the training samples from batch `start` on; returns the mean loss over all
     ranks' samples and each level's mean unweighted loss (None where the loss has no levels:
     BPR). `carried`: the [loss sum, pairs, level sums...] of the batches before `start`, on
-    rank 0. `after_step(batches done, this rank's totals)` runs after every step (checkpoints)."""
+    rank 0. `after_step(batches done, this rank's totals)` runs after every step (checkpoints).
+    `show_bar`: False for the refit beside the selection, whose bar would overwrite the selection's."""
     total = num_batches(work.num_samples, cfg.train.batch_size)
     # A bar only on a terminal: in a scheduler's log file (torchx, Slurm, Kubernetes) its
     # carriage-return redraws are fragments; the epoch line says all that is needed there.
     bar = tqdm(work.batches(epoch, start), total=total, initial=start, desc=f"epoch {epoch}", leave=False,
-               disable=not (cfg.progress and env.is_main and sys.stderr.isatty()), mininterval=1.0)
+               disable=not (show_bar and cfg.progress and env.is_main and sys.stderr.isatty()), mininterval=1.0)
     totals = torch.zeros(2 + len(cfg.model.levels), dtype=torch.float64)  # loss sum, pairs, per-level sums
     if carried:  # a checkpoint written before per-level sums carries only the first two
         totals[: len(carried)] = torch.tensor(carried, dtype=torch.float64)
