@@ -20,6 +20,7 @@ searched on a deterministic log grid instead of TPE (`search_ease`). It needs ne
     OPENBLAS_NUM_THREADS=1 .venv/bin/python scripts/peers.py --config configs/mrl4rec_ml100k.yaml --out docs/peers/ml100k.json
     OPENBLAS_NUM_THREADS=1 .venv/bin/python scripts/peers.py --config configs/mrl4rec_video.yaml --out docs/peers/video.json
     ... --config configs/mrl4rec_phones.yaml --peers ease --out docs/peers/phones.json   # EASE only, merged into the file
+    ... --config configs/mrl4rec_phones.yaml --peers als --factors 16 --out docs/peers/factors/phones_als16.json   # ALS at another size
     ... --config configs/mrl4rec_phones.yaml data.train=/x/train.txt data.test=/x/test.txt   # any split distrec reads
 """
 
@@ -89,7 +90,7 @@ def make_model(peer: str, params: dict, seed: int):
     from implicit.cpu.bpr import BayesianPersonalizedRanking
 
     cls = AlternatingLeastSquares if peer == "als" else BayesianPersonalizedRanking
-    return cls(factors=FACTORS, num_threads=1, random_state=seed, **params)
+    return cls(num_threads=1, random_state=seed, **{"factors": FACTORS, **params})
 
 
 def user_items(data: InteractionData, split: str = "train") -> "scipy.sparse.csr_matrix":
@@ -301,7 +302,7 @@ def run_ease(data: InteractionData, dtype: torch.dtype, grid=EASE_GRID) -> dict:
     }
 
 
-def search(peer: str, data: InteractionData, n_trials: int, seed: int) -> tuple["optuna.Study", float]:
+def search(peer: str, data: InteractionData, n_trials: int, seed: int, factors: int = FACTORS) -> tuple["optuna.Study", float]:
     """Seeded TPE over the peer's settings, fit on train and scored on valid (train masked)."""
     import optuna
     from implicit.recommender_base import ModelFitError
@@ -310,7 +311,7 @@ def search(peer: str, data: InteractionData, n_trials: int, seed: int) -> tuple[
     targets, exclude = data.csr("valid"), [data.csr("train")]
 
     def objective(trial: optuna.Trial) -> float:
-        model, seconds = fit(peer, PEERS[peer](trial), seed, matrix)
+        model, seconds = fit(peer, {**PEERS[peer](trial), "factors": factors}, seed, matrix)
         metrics = score(model, data.num_items, targets, exclude)
         trial.set_user_attr("valid", metrics)
         trial.set_user_attr("fit_seconds", seconds)
@@ -340,14 +341,15 @@ def refit_and_test(peer: str, params: dict, data: InteractionData, seed: int, ch
     return result
 
 
-def run_peer(peer: str, data: InteractionData, n_trials: int, seed: int, check_implicit: bool) -> dict:
+def run_peer(peer: str, data: InteractionData, n_trials: int, seed: int, check_implicit: bool,
+             factors: int = FACTORS) -> dict:
     import optuna
 
-    study, search_seconds = search(peer, data, n_trials, seed)
+    study, search_seconds = search(peer, data, n_trials, seed, factors)
     best = study.best_trial
-    final = refit_and_test(peer, best.params, data, seed, check_implicit)
+    final = refit_and_test(peer, {**best.params, "factors": factors}, data, seed, check_implicit)
     return {
-        "params": {"factors": FACTORS, **best.params},
+        "params": {"factors": factors, **best.params},
         "valid": best.user_attrs["valid"],
         "best_trial_fit_seconds": best.user_attrs["fit_seconds"],  # on train only: the validation-side time to quality
         **final,
@@ -376,6 +378,8 @@ def main() -> None:
     p.add_argument("--peers", nargs="+", choices=sorted(ALL_PEERS), default=["als", "bpr"])
     p.add_argument("--als-trials", type=int, default=30)
     p.add_argument("--bpr-trials", type=int, default=20)
+    p.add_argument("--factors", type=int, default=FACTORS,
+                   help="ALS / BPR factors (64 = distrec's d; 16 / 32: what a dedicated small model reaches)")
     p.add_argument("--seed", type=int, default=0, help="seeds the TPE sampler and every model's initialisation")
     p.add_argument("--check-implicit", action="store_true", help="also report implicit's own test ndcg@20")
     p.add_argument("--ease-dtype", choices=("auto", "float32", "float64"), default="auto",
@@ -400,7 +404,7 @@ def main() -> None:
         if peer == "ease":
             results[peer] = run_ease(data, ease_dtype(data.num_items, args.ease_dtype), args.ease_grid)
         else:
-            results[peer] = run_peer(peer, data, trials[peer], args.seed, args.check_implicit)
+            results[peer] = run_peer(peer, data, trials[peer], args.seed, args.check_implicit, args.factors)
 
     name = Path(args.out).stem if args.out else Path(args.config).stem
     print(markdown(name, results))
