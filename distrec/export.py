@@ -3,7 +3,7 @@
     python -m distrec.export --run RUN_DIR [--checkpoint best|last|PATH] [--out DIR] [--force] [data.KEY=VALUE ...]
 
 A run exports its tables once, at its end (RUN_DIR/embeddings). This writes the same bundle,
-file for file (outputs.export_embeddings), from a checkpoint: the best validation epoch, the
+file for file (serve.bundle.write), from a checkpoint: the best validation epoch, the
 latest checkpoint of a run still training, one that was stopped or failed, or any saved
 checkpoint directory. One CPU process of world size 1 rebuilds the run's data and model and
 loads the checkpoint's tables and towers (DCP reshards whatever world size and sharding wrote
@@ -30,7 +30,7 @@ run's own end-of-run export holds it.
 
 Errors (no such run, no complete checkpoint, a checkpoint of another model or data set, data
 files that moved, an existing --out) are one line on stderr and exit status 2.
-Imports: torch, distrec.checkpoint, config, parallel, rundir, workload.
+Imports: torch, distrec.config / distributed / run / serve / tasks.
 """
 
 from __future__ import annotations
@@ -49,11 +49,12 @@ import torch
 import torch.distributed.checkpoint as dcp
 import yaml
 
-from distrec import checkpoint, config, parallel, rundir
+from distrec import config, distributed
 from distrec.config import ConfigError
 from distrec.data import DataError
-from distrec.manifest import ManifestError
-from distrec.workload import build_workload
+from distrec.run import checkpoint, rundir
+from distrec.serve.manifest import ManifestError
+from distrec.tasks import build_workload
 
 ATTEMPTS = 3  # reads of a checkpoint that a running training job keeps replacing
 
@@ -96,7 +97,7 @@ def main(argv: list[str] | None = None) -> Path:
     out = Path(args.out) if args.out else run / "exports" / _label(kind, run, path, extra)
     _check_out(out, args.force, run)
 
-    env = parallel.init("cpu")
+    env = distributed.init("cpu")
     try:
         work = build_workload(cfg, env, None)
         _check_fingerprint(path, recorded.get("fingerprint", {}), checkpoint.fingerprint(cfg, work))
@@ -113,9 +114,9 @@ def main(argv: list[str] | None = None) -> Path:
         if args.overrides:
             origin["overrides"] = list(args.overrides)
         # The run's own settings (not the CPU rebuild's) go into the manifest and config hash.
-        _write(out, lambda tmp: work.export(model, env, out.parent, resolved=resolved, origin=origin, out_dir=tmp))
+        _write(out, lambda tmp: work.write_bundle(model, env, out.parent, resolved=resolved, origin=origin, out_dir=tmp))
     finally:
-        parallel.shutdown()
+        distributed.shutdown()
 
     levels = list(cfg.model.levels)
     where = "epoch unknown" if epoch is None else f"epoch {epoch}"

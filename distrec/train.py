@@ -29,11 +29,13 @@ import torch
 import yaml
 from tqdm import tqdm
 
-from distrec import checkpoint, config, console, counters, monitor, outputs, parallel, preemption, rundir
-from distrec.concurrent_refit import RefitAlongside
+from distrec import config, distributed
 from distrec.data import DataError
 from distrec.data.batches import num_batches
-from distrec.workload import Workload, build_workload
+from distrec.nn import counters
+from distrec.run import checkpoint, console, monitor, outputs, preemption, rundir
+from distrec.run.concurrent_refit import RefitAlongside
+from distrec.tasks import Workload, build_workload
 
 USAGE = "usage: python -m distrec.train [--config configs/NAME.yaml] [--print-config] [key.sub=value ...]"
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -98,21 +100,21 @@ def main(argv: list[str] | None = None) -> dict:
     if hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(line_buffering=True)
     previous = preemption.install()  # SIGTERM: checkpoint at the next step boundary, then exit 143
-    env = parallel.init(cfg.device)
+    env = distributed.init(cfg.device)
     try:
         result = train(cfg, env)
         # Leave together: a rank that tears down its process group while rank 0 is still
         # writing outputs (or a peer is still draining the last collective) can abort the others.
-        parallel.barrier(env)
+        distributed.barrier(env)
         return result
     finally:
-        parallel.shutdown()
+        distributed.shutdown()
         preemption.restore(previous)
 
 
-def train(cfg: config.Config, env: parallel.DistEnv) -> dict:
+def train(cfg: config.Config, env: distributed.DistEnv) -> dict:
     """One run in `cfg.run_dir`: take its lock, write into a live attempt directory, publish
-    the results when the run succeeds (distrec.rundir). A run stopped by an input or
+    the results when the run succeeds (distrec.run.rundir). A run stopped by an input or
     training error keeps its files in attempts/failed-<time> and leaves earlier results alone."""
     config.check_world(cfg, env.world_size, env.device)  # batch vs ranks, device, optimizer, run_dir, files: before any data
     start = time.perf_counter()
@@ -145,7 +147,7 @@ def train(cfg: config.Config, env: parallel.DistEnv) -> dict:
             rundir.release(run_dir)
 
 
-def _agree(env: parallel.DistEnv, step) -> None:
+def _agree(env: distributed.DistEnv, step) -> None:
     """Run `step` on rank 0; if it raises ConfigError, every rank raises one (rank 0's says why)."""
     error = None
     if env.is_main:
@@ -153,14 +155,14 @@ def _agree(env: parallel.DistEnv, step) -> None:
             step()
         except config.ConfigError as err:
             error = err
-    failed = parallel.all_reduce_max(torch.tensor([float(error is not None)]), env)
+    failed = distributed.all_reduce_max(torch.tensor([float(error is not None)]), env)
     if error is not None:
         raise error
     if failed[0] > 0:
         raise config.ConfigError("rank 0 refused the run (its error says why)")
 
 
-def _run(cfg: config.Config, env: parallel.DistEnv, out: Path, resuming: bool, start: float,
+def _run(cfg: config.Config, env: distributed.DistEnv, out: Path, resuming: bool, start: float,
          scalars: monitor.Scalars) -> dict:
     """Data, training, the test and the outputs, written into `out` (the live attempt)."""
     if env.is_main:
@@ -221,7 +223,7 @@ def _run(cfg: config.Config, env: parallel.DistEnv, out: Path, resuming: bool, s
     seconds["test"] = time.perf_counter() - t0
     result = {"test": test, "valid": best["valid"], "best_epoch": best["epoch"], "train_seconds": seconds["train"],
               "refit": phase == "refit", "refit_alongside": alongside is not None, "seconds": seconds}
-    work.export(model, env, out, resolved=config.to_dict(cfg), origin={"written_by": "train", "epoch": best["epoch"],
+    work.write_bundle(model, env, out, resolved=config.to_dict(cfg), origin={"written_by": "train", "epoch": best["epoch"],
                                                                         "phase": phase})
     if env.is_main:
         outputs.write_json(out / "metrics.json", result)
@@ -233,7 +235,7 @@ def _run(cfg: config.Config, env: parallel.DistEnv, out: Path, resuming: bool, s
     return result
 
 
-def _refit_alongside(cfg: config.Config, env: parallel.DistEnv, work: Workload, resuming: bool) -> RefitAlongside | None:
+def _refit_alongside(cfg: config.Config, env: distributed.DistEnv, work: Workload, resuming: bool) -> RefitAlongside | None:
     """The refit from scratch beside the selection (`train.refit_alongside=auto`) when this
     process has two or more threads to split and runs alone: the same tested model, in about
     the selection's time instead of twice it. A resumed selection, or one that tracks test,
@@ -267,7 +269,7 @@ def _fresh_model(cfg: config.Config, work: Workload):
 FINISHED = "finished"  # in <run_dir>/checkpoint once the run has written metrics.json
 
 
-def prepare_resume(cfg: config.Config, env: parallel.DistEnv) -> bool:
+def prepare_resume(cfg: config.Config, env: distributed.DistEnv) -> bool:
     """Whether this run continues from <run_dir>/checkpoint/last (every rank gets the same
     answer). `train.resume=auto` resumes an unfinished run, e.g. a job restarted after a
     rank died, and starts afresh otherwise; `must` resumes whatever is there or stops;
@@ -280,14 +282,14 @@ def prepare_resume(cfg: config.Config, env: parallel.DistEnv) -> bool:
             checkpoint.recover(ckpt / "last")
             checkpoint.recover(ckpt / "best")
             (ckpt / FINISHED).unlink(missing_ok=True)
-    parallel.barrier(env)
+    distributed.barrier(env)
     found = checkpoint.complete(ckpt / "last")
     if mode == "must" and not found:
         raise config.ConfigError(f"train.resume=must, but {ckpt / 'last'} holds no checkpoint (train.checkpoint_every=N writes them)")
     return found
 
 
-def fit(cfg: config.Config, env: parallel.DistEnv, work: Workload, epochs: int, *, phase: str, start: float,
+def fit(cfg: config.Config, env: distributed.DistEnv, work: Workload, epochs: int, *, phase: str, start: float,
         out: Path, scalars: monitor.Scalars, resuming: bool = False, first_epoch: int = 0, carry=None,
         alongside: RefitAlongside | None = None):
     """Build a model and train it for up to `epochs` epochs; returns (model, dense optimizers,
@@ -357,7 +359,7 @@ def fit(cfg: config.Config, env: parallel.DistEnv, work: Workload, epochs: int, 
             pending = True  # the epoch's own checkpoint, after its evaluation, covers it
         elif reason == "preempt" or (reason == "interval" and resumable):
             if resumable:  # mid-epoch: the epoch's loss so far, summed over ranks, travels along
-                write(epoch - 1, done, parallel.all_reduce_sum(totals.clone(), env).tolist())
+                write(epoch - 1, done, distributed.all_reduce_sum(totals.clone(), env).tolist())
             if reason == "preempt":
                 raise preempted(f"at epoch {epoch}, batch {done}/{steps}")
             log.info(f"checkpoint: epoch {epoch}, {done}/{steps} batches")
@@ -454,7 +456,7 @@ def _resume(cfg, env, work, model, dense_opts, best: dict, select: bool, out: Pa
     return loop
 
 
-def train_epoch(model, dense_opts, work: Workload, cfg: config.Config, env: parallel.DistEnv, epoch: int, *,
+def train_epoch(model, dense_opts, work: Workload, cfg: config.Config, env: distributed.DistEnv, epoch: int, *,
                 start: int = 0, carried: list | None = None, after_step=None, show_bar: bool = True,
                 ) -> tuple[float, list[float] | None]:
     """One pass over the training samples from batch `start` on; returns the mean loss over all
@@ -492,7 +494,7 @@ def train_epoch(model, dense_opts, work: Workload, cfg: config.Config, env: para
             has_levels = True
         if after_step is not None:
             after_step(step + 1, totals)
-    totals = parallel.all_reduce_sum(totals, env)
+    totals = distributed.all_reduce_sum(totals, env)
     pairs = totals[1].clamp(min=1)
     return (totals[0] / pairs).item(), (totals[2:] / pairs).tolist() if has_levels else None
 

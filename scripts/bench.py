@@ -40,7 +40,8 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from distrec import config, counters, losses, samplers  # noqa: E402
+from distrec import config  # noqa: E402
+from distrec.nn import counters, losses, samplers  # noqa: E402
 from distrec.data import load_dataset  # noqa: E402
 
 MODELS = {"mrl_m": [], "bpr_uniform": ["train.loss=bpr", "train.sampler=uniform"]}

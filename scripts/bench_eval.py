@@ -4,7 +4,7 @@ run's embeddings (a trained model: how early targets drop out depends on how goo
     OMP_NUM_THREADS=2 .venv/bin/python scripts/bench_eval.py --run runs/books [--users 20000]
     .venv/bin/torchrun --nproc_per_node 2 scripts/bench_eval.py --run-dir runs/books --users 0   # every test user, 2 ranks
 
-Evaluation runs as in training (`distrec.evaluate.evaluate`, each rank holding one slice of
+Evaluation runs as in training (`distrec.eval.evaluate.evaluate`, each rank holding one slice of
 the items); `--users 0` scores every test user. Measures, one after the other:
 - the best float32 `torch.mm` throughput over block shapes (users x items x 64), on rank 0 with
   every core of the machine while the other ranks wait;
@@ -29,7 +29,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from distrec import evaluate, parallel  # noqa: E402
+from distrec import distributed  # noqa: E402
+from distrec.eval import evaluate  # noqa: E402
 from distrec.data import read_cache  # noqa: E402
 
 LEVELS = (4, 8, 16, 32, 64)
@@ -78,20 +79,20 @@ def main() -> None:
     items = torch.from_numpy(np.load(run / "embeddings" / "item_embeddings.npy")).float()
     targets, exclude = data.csr("test"), [data.csr("train"), data.csr("valid")]
     rows = evaluate.sample_rows(targets, args.users or None, seed=0)
-    env = parallel.init("cpu")
+    env = distributed.init("cpu")
     threads = torch.get_num_threads()
     mm = {}
     if env.is_main:
         torch.set_num_threads(os.cpu_count() or 1)
         mm = best_mm(items)
         torch.set_num_threads(threads)
-    parallel.barrier(env)
+    distributed.barrier(env)
     t = time.perf_counter()
     metrics = evaluate.evaluate(lambda r: users_emb[torch.as_tensor(r)], lambda ids: items[ids], items.shape[0], env,
                                 targets, exclude, LEVELS, tuple(args.ks), rows=rows)
     eval_s = time.perf_counter() - t
     if not env.is_main:
-        parallel.shutdown()
+        distributed.shutdown()
         return
     best = max(mm.values())
     flops = 2 * len(rows) * items.shape[0] * items.shape[1]
@@ -107,7 +108,7 @@ def main() -> None:
         "speedup_vs_topk": round((len(rows) / eval_s) / (len(ref_rows) / ref_s), 2),
         "recall@20_d64": round(metrics["64"]["recall@20"], 4),
     }))
-    parallel.shutdown()
+    distributed.shutdown()
 
 
 if __name__ == "__main__":

@@ -29,9 +29,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from distrec import checkpoint, config, evaluate, parallel  # noqa: E402
+from distrec import config, distributed  # noqa: E402
+from distrec.eval import evaluate  # noqa: E402
+from distrec.run import checkpoint  # noqa: E402
 from distrec.data import load_dataset, synthetic  # noqa: E402
-from distrec.workload import build_workload, mrl4rec_workload  # noqa: E402
+from distrec.tasks import build_workload, mrl4rec  # noqa: E402
 
 
 def main() -> None:
@@ -51,14 +53,14 @@ def main() -> None:
     if args.task == "multi_interest":
         return bench_multi_interest(args)
     cfg = config.load(None, [f"data.synthetic.preset={args.preset}", *args.overrides])
-    env = parallel.init(cfg.device)
+    env = distributed.init(cfg.device)
     out = {"world_size": env.world_size, "preset": args.preset, "batch_size": cfg.train.batch_size, "sampler": cfg.train.sampler}
     t = time.perf_counter()
     data = load_dataset(cfg.data, out_dir=None if args.save is None else Path(args.save) / "data")
     out["data_seconds"] = time.perf_counter() - t
     out.update(users=data.num_users, items=data.num_items, train_pairs=int(data.train_users.size))
     t = time.perf_counter()
-    work = mrl4rec_workload(cfg, env, data)  # the trainer's own batches, sampler and evaluation
+    work = mrl4rec.from_data(cfg, env, data)  # the trainer's own batches, sampler and evaluation
     model, dense = work.build()
     out["shard_seconds"] = time.perf_counter() - t
     step_s = time_steps(work, model, dense, env, args.steps)
@@ -92,7 +94,7 @@ def main() -> None:
             np.save(Path(args.save) / "embeddings" / "item_embeddings.npy", items.cpu().numpy())
     if env.is_main:
         print(json.dumps(out, default=lambda x: x.tolist() if hasattr(x, "tolist") else str(x)))
-    parallel.shutdown()
+    distributed.shutdown()
 
 
 def time_checkpoint(where: Path, model, dense, env, cfg, step_s: float) -> dict:
@@ -101,11 +103,11 @@ def time_checkpoint(where: Path, model, dense, env, cfg, step_s: float) -> dict:
     checkpoint every `train.checkpoint_every_minutes` (10 when unset) would cost."""
     times = []
     for _ in range(3):
-        parallel.barrier(env)
+        distributed.barrier(env)
         t = time.perf_counter()
         checkpoint.save(where / "last", model, dense, env, {"bench": True})
         times.append(time.perf_counter() - t)
-    parallel.barrier(env)
+    distributed.barrier(env)
     t = time.perf_counter()
     checkpoint.load(where / "last", model, dense)
     load_s = time.perf_counter() - t
@@ -123,7 +125,7 @@ def time_steps(work, model, dense, env, steps: int) -> float:
     times = []
     model.train()
     for step in range(steps + 5):
-        parallel.barrier(env)
+        distributed.barrier(env)
         t = time.perf_counter()
         batch = next(batches, None)  # building the batch (sampling included) is part of a step
         if batch is None:  # past one epoch: the next one
@@ -134,7 +136,7 @@ def time_steps(work, model, dense, env, steps: int) -> float:
         for opt in dense:  # the router's optimizer (multi-interest); fused tables step in backward
             opt.step()
             opt.zero_grad()
-        parallel.barrier(env)
+        distributed.barrier(env)
         if step + 1 == 5 or (step + 1) % 500 == 0:
             if env.is_main:
                 print(f"step {step + 1}", file=sys.stderr, flush=True)
@@ -161,10 +163,10 @@ def bench_multi_interest(args) -> None:
     """REMI at the preset's size: samples/s, epoch seconds and the full test evaluation's seconds
     (extrapolated from a fixed sample of `--eval-users` test users)."""
     log = Path(os.environ.get("TMPDIR", "/tmp")) / f"distrec_{args.preset}_sequences.txt"
-    env = parallel.init("auto")
+    env = distributed.init("auto")
     if env.is_main and not log.exists():
         sequence_log(args.preset, log)
-    parallel.barrier(env)
+    distributed.barrier(env)
     # eval.valid_users: the fixed seeded sample that evaluate() scores for "valid" (pointed at test below).
     cfg = config.load(ROOT / "configs" / "remi_video.yaml", [f"data.train={log}", f"eval.valid_users={args.eval_users}", *args.overrides])
     out = {"world_size": env.world_size, "preset": args.preset, "task": "multi_interest", "batch_size": cfg.train.batch_size}
@@ -185,7 +187,7 @@ def bench_multi_interest(args) -> None:
                peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     if env.is_main:
         print(json.dumps(out))
-    parallel.shutdown()
+    distributed.shutdown()
 
 
 if __name__ == "__main__":

@@ -28,7 +28,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from distrec import config, retrieve, topk
+from distrec import config
+from distrec.serve import retrieve, topk
 
 K = 20
 

@@ -28,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from distrec import rundir
+from distrec.run import rundir
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["data.synthetic.preset=tiny", "train.batch_size=32", "model.dim=16", "model.levels=[4,8,16]",

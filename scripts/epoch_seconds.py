@@ -21,9 +21,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from distrec import config, parallel  # noqa: E402
+from distrec import config, distributed  # noqa: E402
 from distrec.data import load_dataset  # noqa: E402
-from distrec.workload import mrl4rec_workload  # noqa: E402
+from distrec.tasks import mrl4rec  # noqa: E402
 
 
 def main() -> None:
@@ -33,9 +33,9 @@ def main() -> None:
     p.add_argument("overrides", nargs="*")
     args = p.parse_args()
     cfg = config.load(args.config, args.overrides)
-    env = parallel.init(cfg.device)
+    env = distributed.init(cfg.device)
     data = load_dataset(cfg.data, drop_cold_test_users=cfg.data.cold_test_users == "drop")
-    work = mrl4rec_workload(cfg, env, data)
+    work = mrl4rec.from_data(cfg, env, data)
     model, dense = work.build()
     model.train()
     rows = []
@@ -67,7 +67,7 @@ def main() -> None:
     if env.is_main:
         medians = {k: float(np.median([r[k] for r in rows])) for k in ("seconds", "batches", "forward", "backward", "page_faults")}
         print(json.dumps({"threads": torch.get_num_threads(), "overrides": args.overrides, **medians}))
-    parallel.shutdown()
+    distributed.shutdown()
 
 
 if __name__ == "__main__":

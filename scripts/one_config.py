@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from distrec import runner
+from distrec.experiments import runner
 
 ROOT = runner.ROOT
 SHARED = "../shared/data"  # overrides are relative to the working directory: the repository root

@@ -2,7 +2,7 @@
 
 The library teams already use (https://github.com/benfred/implicit), side by side with distrec:
 the same InteractionData (same loader, seed and validation split), the same exact full-ranking
-metrics (`distrec.evaluate.evaluate`, one process) and the same protocol as distrec's trainer:
+metrics (`distrec.eval.evaluate.evaluate`, one process) and the same protocol as distrec's trainer:
 settings are searched on validation only (seeded Optuna TPE), then the best setting is refit on
 train + valid and test is scored once, with train and valid items masked.
 
@@ -43,13 +43,13 @@ from distrec import config
 from distrec.data import load_dataset
 from distrec.data.dataset import InteractionData
 from distrec.data.sequences import ranges
-from distrec.evaluate import evaluate
-from distrec.parallel import ONE_PROCESS
+from distrec.distributed import ONE_PROCESS
+from distrec.eval.evaluate import evaluate
 
 FACTORS = 64  # distrec's model.dim in every mrl4rec config
 KS = (10, 20, 50)
 SELECT = "recall@20"  # distrec's eval.select_metric
-# world_size=1 makes every collective in distrec.parallel a no-op, so no process group is needed.
+# world_size=1 makes every collective in distrec.distributed a no-op, so no process group is needed.
 
 
 def suggest_als(trial: optuna.Trial) -> dict:
@@ -298,7 +298,7 @@ def run_ease(data: InteractionData, dtype: torch.dtype, grid=EASE_GRID) -> dict:
         "protocol": f"lam on a log grid {list(grid)} (one more decade past a winning edge, then steps of "
                     f"{', '.join(f'{s:.4g}' for s in EASE_REFINE)} around the best) on valid {SELECT} "
                     "(fit on train, train masked); best refit on train+valid; test scored once (train+valid masked) "
-                    "by distrec.evaluate.evaluate with user vector = row of the fitted-on X, item vector = column of B",
+                    "by distrec.eval.evaluate.evaluate with user vector = row of the fitted-on X, item vector = column of B",
     }
 
 
@@ -436,7 +436,7 @@ def write_record(out: Path, args: argparse.Namespace, data: InteractionData, res
             "command": command, "date": date, "versions": versions, "machine": "2-core CPU (shared), 1 thread",
             "data": described,
             "protocol": f"seeded TPE (seed {args.seed}) on valid {SELECT} (train masked); best refit on train+valid; "
-                        "test scored once (train+valid masked) by distrec.evaluate.evaluate (EASE: its own protocol)",
+                        "test scored once (train+valid masked) by distrec.eval.evaluate.evaluate (EASE: its own protocol)",
             "peers": {},
         }
     for peer, result in results.items():

@@ -1,6 +1,6 @@
 """Paper Table 3 and Fig. 3 on Amazon-Phones: BPR-D, BPR-M, MRL-D, MRL-M from one config.
 
-Runs each variant through `distrec.runner.launch` (loss/sampler overridden, `--nproc`
+Runs each variant through `distrec.experiments.runner.launch` (loss/sampler overridden, `--nproc`
 processes), then evaluates every run's exported embeddings at prefix sizes 4..64 (the "deploy
 at any dimension" curve of Fig. 3) and writes a Markdown table and a PNG.
 
@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from distrec import evaluate
 from distrec.data import read_cache
-from distrec.parallel import ONE_PROCESS
-from distrec.runner import launch
+from distrec.distributed import ONE_PROCESS
+from distrec.eval import evaluate
+from distrec.experiments.runner import launch
 
 # Each variant is the config plus these overrides.
 VARIANTS: dict[str, list[str]] = {

@@ -29,7 +29,7 @@ from torchrec.distributed.sharding_plan import get_default_sharders  # noqa: E40
 from torchrec.distributed.types import ShardingType  # noqa: E402
 
 from distrec import config  # noqa: E402
-from distrec.embeddings import TABLE_SHARDING_FIELDS, Tables, attach_fused_optimizer  # noqa: E402
+from distrec.nn.embeddings import TABLE_SHARDING_FIELDS, Tables, attach_fused_optimizer  # noqa: E402
 
 AUTO = ("table_wise", "row_wise", "column_wise", "table_row_wise")
 

@@ -20,9 +20,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from distrec import evaluate  # noqa: E402
+from distrec.eval import evaluate  # noqa: E402
 from distrec.data import read_cache  # noqa: E402
-from distrec.parallel import ONE_PROCESS  # noqa: E402
+from distrec.distributed import ONE_PROCESS  # noqa: E402
 
 
 def popularity_scores(counts: np.ndarray) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """REMI ablation on Amazon Video Games: ComiRec-SA baseline, IHN only, RR only, IHN + RR.
 
-Every variant runs through `distrec.runner.launch` (`--nproc` processes) with the same budget
+Every variant runs through `distrec.experiments.runner.launch` (`--nproc` processes) with the same budget
 (epochs, batch, negatives, early stopping), differing only in train.ihn_beta / train.rr_lambda.
 Writes a Markdown table (every matryoshka level), JSON, and a PNG of routing matrices of a few
 test users without and with routing regularisation.
@@ -20,8 +20,8 @@ import torch
 
 from distrec import config
 from distrec.data.sequences import history_windows, load_sequences
-from distrec.runner import launch
-from distrec.towers import SelfAttentiveRouter
+from distrec.experiments.runner import launch
+from distrec.nn.towers import SelfAttentiveRouter
 
 
 @dataclasses.dataclass(frozen=True)

@@ -3,7 +3,7 @@
 `--split valid` (no test metrics needed) compares with a peer's validation value, e.g. ALS's
 from docs/peers/*.json: the time distrec needs to reach the peer's quality on the same split.
 
-Launches `distrec.train` on `--nproc` processes through `distrec.runner.launch` with
+Launches `distrec.train` on `--nproc` processes through `distrec.experiments.runner.launch` with
 `eval.track_test=true` (test metrics logged at every evaluation for this measurement only;
 model selection still uses validation) and watches its metrics.jsonl records. The clock starts
 before the launcher starts, so process start-up, data ingest, planning and every evaluation are
@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from distrec.runner import launch
+from distrec.experiments.runner import launch
 
 
 def main() -> None:

@@ -3,7 +3,7 @@
 Every rank computes the same permutation from (seed, epoch) and takes its contiguous slice of
 each global batch, so the global batch is the same whatever the world size. A slice knows its
 batch's index and its first sample's global position in the epoch: samplers key their draws
-by position (distrec.counters), and a resumed run starts at any batch. Vectorised: a batch is
+by position (distrec.nn.counters), and a resumed run starts at any batch. Vectorised: a batch is
 an index array into the training pairs. `DeviceBatch` gives the tasks' batch
 dataclasses their one `.to(device)`. Imports: numpy, torch.
 """

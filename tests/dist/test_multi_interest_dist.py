@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from distrec import checkpoint, config, parallel
+from distrec import config, distributed
 from distrec.data.sequences import history_windows
-from distrec.multi_interest import SeqBatch
-from distrec.workload import multi_interest_workload
+from distrec.run import checkpoint
+from distrec.tasks import multi_interest
+from distrec.tasks.multi_interest import SeqBatch
 from tests.dist.launch import run_ranks
 
 pytestmark = pytest.mark.dist
@@ -33,10 +34,10 @@ def overrides(log: str, sharding: str) -> list[str]:
 
 
 def rank_body(args: list[str], item_weights, router_state, batch_parts):
-    env = parallel.init("cpu")
+    env = distributed.init("cpu")
     try:
         cfg = config.load(None, args)
-        work = multi_interest_workload(cfg, env)
+        work = multi_interest.workload(cfg, env)
         model, opts = work.build()
         checkpoint.load_full_tables(model, {"item": item_weights})
         model.module.router.load_state_dict(router_state)
@@ -49,13 +50,13 @@ def rank_body(args: list[str], item_weights, router_state, batch_parts):
         loss.backward()
         for opt in opts:
             opt.step()
-        from distrec.evaluate import gather_table
+        from distrec.eval.evaluate import gather_table
 
         items = gather_table(model.module.tables.items, work.num_items, env)
         router = {k: v.detach().clone() for k, v in model.module.router.state_dict().items()}
         return {"metrics": metrics, "items": items, "router": router, "diag": work.diagnostics(model)}
     finally:
-        parallel.shutdown()
+        distributed.shutdown()
 
 
 def fixed_inputs(log: str):
@@ -66,7 +67,7 @@ def fixed_inputs(log: str):
     data = load_sequences(cfg.data)
     g = torch.Generator().manual_seed(0)
     items = torch.randn(data.num_items, DIM, generator=g) * 0.3
-    from distrec.towers import SelfAttentiveRouter
+    from distrec.nn.towers import SelfAttentiveRouter
 
     torch.manual_seed(1)
     router = SelfAttentiveRouter(DIM, 3, 4, 6, True).state_dict()
@@ -100,13 +101,13 @@ def test_remi_two_ranks_equal_one_process(sharding, tmp_path):
 
 
 def first_batch_negatives(args: list[str]):
-    env = parallel.init("cpu")
+    env = distributed.init("cpu")
     try:
         cfg = config.load(None, args)
-        batch = next(iter(multi_interest_workload(cfg, env).batches(1)))
+        batch = next(iter(multi_interest.workload(cfg, env).batches(1)))
         return batch.negs
     finally:
-        parallel.shutdown()
+        distributed.shutdown()
 
 
 def test_gathered_negatives_are_every_ranks_own_draws(tmp_path):
@@ -128,16 +129,16 @@ def test_asking_for_the_catalogue_gives_every_item_once(tmp_path):
 def catalogue_losses(args: list[str]):
     import dataclasses
 
-    env = parallel.init("cpu")
+    env = distributed.init("cpu")
     try:
         cfg = config.load(None, args)
-        work = multi_interest_workload(cfg, env)
+        work = multi_interest.workload(cfg, env)
         model, _ = work.build()
         model.eval()  # no dropout: both forwards must see the same network
         batch = next(iter(work.batches(1)))
         return [model(dataclasses.replace(batch, catalogue=flag))[0].item() for flag in (True, False)]
     finally:
-        parallel.shutdown()
+        distributed.shutdown()
 
 
 def test_the_catalogue_fast_path_equals_the_general_softmax(tmp_path):

@@ -1,6 +1,6 @@
 """A run does not depend on its world size, and a checkpoint resumes on another one.
 
-Training draws are counter-based (distrec.counters) and the tables are initialised per global
+Training draws are counter-based (distrec.nn.counters) and the tables are initialised per global
 (row, column), so 1 process and 2 ranks at the same global batch train the same model up to
 float summation order. A checkpoint written on W ranks resumes on W' ranks or with another
 sharding type: DCP reshards the tables and the optimizer state; row-wise Adagrad's
@@ -19,8 +19,9 @@ import numpy as np
 import pytest
 import torch
 
-from distrec import checkpoint, config, parallel
-from distrec.workload import build_workload
+from distrec import config, distributed
+from distrec.run import checkpoint
+from distrec.tasks import build_workload
 from tests.dist.launch import run_ranks
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -75,7 +76,7 @@ def test_a_checkpoint_resumes_on_another_world_size_and_follows_the_same_run(two
 def _save_then_load(tmp: str, saved_as: str, loaded_as: str) -> dict:
     """Train one step sharded `saved_as`, save, load into a model sharded `loaded_as`; returns
     both models' whole tables and row-wise Adagrad accumulators (gathered to full tensors)."""
-    env = parallel.init("cpu")
+    env = distributed.init("cpu")
     out = {}
     try:
         for phase, sharding in (("saved", saved_as), ("loaded", loaded_as)):
@@ -93,7 +94,7 @@ def _save_then_load(tmp: str, saved_as: str, loaded_as: str) -> dict:
                                               for n, t in e.items()}}
             out[phase] = {k: _full(v) for k, v in state.items() if hasattr(v, "local_shards")}  # tables, accumulators
     finally:
-        parallel.shutdown()
+        distributed.shutdown()
     return out
 
 

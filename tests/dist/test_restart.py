@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from distrec import checkpoint, preemption
+from distrec.run import checkpoint, preemption
 
 ROOT = Path(__file__).resolve().parents[2]
 # The chaos script's helpers (a job's worker processes, its logged epochs), not a copy of them.

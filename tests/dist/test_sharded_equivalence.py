@@ -6,9 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from distrec import checkpoint, config, counters, evaluate, losses, parallel, samplers
-from distrec.embeddings import TABLE_SHARDING_FIELDS, Tables, attach_fused_optimizer, dense_optimizers
-from distrec.model import Batch, MatryoshkaMF
+from distrec import config, distributed
+from distrec.eval import evaluate
+from distrec.nn import counters, losses, samplers
+from distrec.nn.embeddings import TABLE_SHARDING_FIELDS, Tables, attach_fused_optimizer, dense_optimizers
+from distrec.run import checkpoint
+from distrec.tasks.mrl4rec import Batch, MatryoshkaMF
 from tests.dist.launch import run_ranks
 
 pytestmark = pytest.mark.dist
@@ -49,13 +52,13 @@ def build(overrides: list[str], env):
     cfg = config.load(None, [f"model.dim={DIM}", f"model.levels={list(LEVELS)}", "train.loss=mrl", "train.sampler=mns", f"train.lr={LR}", "train.l2=1e-4", *overrides])
     tables = Tables(NUM_USERS, NUM_ITEMS, cfg.model)
     attach_fused_optimizer(tables, cfg.train, cfg.model)
-    model = parallel.shard(MatryoshkaMF(tables, cfg.model, cfg.train, env), env, cfg.model, TABLE_SHARDING_FIELDS)
+    model = distributed.shard(MatryoshkaMF(tables, cfg.model, cfg.train, env), env, cfg.model, TABLE_SHARDING_FIELDS)
     return cfg, model, dense_optimizers(model, cfg.train)
 
 
 def rank_body(overrides: list[str], weights, csr, batch_arrays):
     """Evaluate given weights, take one step on a fixed global batch, return metrics and tables."""
-    env = parallel.init("cpu")
+    env = distributed.init("cpu")
     try:
         cfg, model, dense_opt = build(overrides, env)
         checkpoint.load_full_tables(model, weights)
@@ -90,7 +93,7 @@ def rank_body(overrides: list[str], weights, csr, batch_arrays):
         }
         return {"valid": valid, "test": test, "tables": after, "plan": str(model.plan)}
     finally:
-        parallel.shutdown()
+        distributed.shutdown()
 
 
 def user_scale(users: np.ndarray) -> np.ndarray:

@@ -2,8 +2,8 @@
 
 import torch
 
-from distrec.model import Batch
-from distrec.multi_interest import SeqBatch
+from distrec.tasks.mrl4rec import Batch
+from distrec.tasks.multi_interest import SeqBatch
 
 
 def test_both_batch_kinds_move_every_tensor_and_keep_the_rest():

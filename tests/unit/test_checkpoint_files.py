@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from distrec import checkpoint
 from distrec.config import ConfigError
+from distrec.run import checkpoint
 
 
 def _ckpt(path: Path, tag: str) -> None:

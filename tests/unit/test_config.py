@@ -88,7 +88,8 @@ def test_tasks_and_losses_must_match():
 
 @pytest.mark.parametrize("path", sorted((ROOT / "configs" / "search").glob("*.yaml")), ids=lambda p: p.name)
 def test_every_search_space_fits_its_shipped_config(path):
-    from distrec import search, search_space
+    from distrec.experiments import search
+    from distrec.experiments import search_space
 
     base = {"mf.yaml": "mrl4rec_phones.yaml", "mrl4rec.yaml": "mrl4rec.yaml", "mf_softmax.yaml": "mrl4rec_ml100k.yaml", "remi.yaml": "remi_video.yaml"}
     search_space.check(search_space.load(path), path.name, ROOT / "configs" / base[path.name], search.FORCED, search.RESERVED)
@@ -242,7 +243,7 @@ def test_check_world(tmp_path):
 
 
 def test_the_search_leaves_out_keys_a_point_does_not_read():
-    from distrec import search
+    from distrec.experiments import search
 
     point = {"train.sampler": "uniform", "train.num_negs": 8, "train.mns_pool": "shared", "train.lr": 0.1}
     kept = search._applicable(point, ROOT / "configs" / "mrl4rec_phones.yaml", search.FORCED)

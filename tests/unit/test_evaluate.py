@@ -3,7 +3,7 @@ import math
 import numpy as np
 import torch
 
-from distrec import evaluate
+from distrec.eval import evaluate
 
 
 def to_csr(lists):
@@ -112,7 +112,7 @@ def test_ties_count_against_the_target_and_early_exit_is_exact():
 
 
 def test_sharded_counts_add_up_to_the_whole_table():
-    from distrec.ranking import count_above, level_scores
+    from distrec.eval.ranking import count_above, level_scores
     rng = np.random.default_rng(4)
     u = torch.tensor(rng.normal(size=(6, 3, 8)), dtype=torch.float32)
     items = torch.tensor(rng.normal(size=(50, 8)), dtype=torch.float32)
@@ -174,7 +174,7 @@ def test_multi_interest_block_matches_brute_force_max_over_interests():
 def test_norm_bound_exit_is_exact_and_skips_blocks(monkeypatch):
     """Items in decreasing norm, most of them tiny: the Cauchy-Schwarz bound closes levels
     early (fewer block products) and the counts still equal brute force, negative scores too."""
-    from distrec.ranking import count_above, level_scores
+    from distrec.eval.ranking import count_above, level_scores
     rng = np.random.default_rng(9)
     levels, num_items = (2, 4, 8), 400
     u = torch.tensor(rng.normal(size=(7, 2, 8)), dtype=torch.float32)

@@ -20,7 +20,9 @@ import numpy as np
 import pytest
 import torch
 
-from distrec import config, export, outputs, towers, train
+from distrec import config, export, train
+from distrec.nn import towers
+from distrec.serve import bundle
 from tests.dist.launch import run_ranks
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -94,7 +96,7 @@ def test_parquet_tables_equal_the_npy_tables_and_manifest(runs, name):
     emb = runs[name] / "embeddings"
     manifest = json.loads((emb / "manifest.json").read_text())
     for side in ("items", "users"):
-        ids, table, meta = outputs.read_embedding_table(emb / manifest["parquet"][side])
+        ids, table, meta = bundle.read_embedding_table(emb / manifest["parquet"][side])
         npy_ids = np.load(emb / manifest["ids"][side])
         npy = np.load(emb / manifest["tables"][side])
         assert table.dtype == np.float32 and table.tobytes() == npy.tobytes()

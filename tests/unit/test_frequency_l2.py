@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from distrec import config, losses
+from distrec import config
 from distrec.data import load_dataset
-from distrec.parallel import ONE_PROCESS
-from distrec.workload import mrl4rec_workload
+from distrec.distributed import ONE_PROCESS
+from distrec.nn import losses
+from distrec.tasks import mrl4rec
 
 LEVELS, WEIGHTS = (2, 4, 8), (0.2, 0.3, 0.5)
 
@@ -45,14 +46,14 @@ def test_an_epoch_of_batches_sums_to_n_to_the_exponent_at_every_level(exponent):
 def test_batches_carry_the_users_inverse_pair_counts():
     cfg = config.load(None, ["data.synthetic.preset=tiny", "train.l2_user_exponent=0.5", "train.batch_size=64"])
     data = load_dataset(cfg.data)
-    work = mrl4rec_workload(cfg, ONE_PROCESS, data)
+    work = mrl4rec.from_data(cfg, ONE_PROCESS, data)
     user_pairs = np.bincount(data.train_users, minlength=data.num_users)
     seen = 0
     for batch in work.batches(1, 0):
         np.testing.assert_allclose(batch.user_scale.numpy(), 1.0 / user_pairs[batch.users.numpy()], rtol=1e-6)
         seen += len(batch.users)
     assert seen > 0
-    plain = mrl4rec_workload(config.load(None, ["data.synthetic.preset=tiny"]), ONE_PROCESS, data)
+    plain = mrl4rec.from_data(config.load(None, ["data.synthetic.preset=tiny"]), ONE_PROCESS, data)
     assert next(iter(plain.batches(1, 0))).user_scale is None  # exponent 1 (and no Gramian) builds nothing extra
 
 
@@ -60,8 +61,8 @@ def test_batches_carry_the_users_inverse_pair_counts():
 def test_the_models_loss_carries_each_users_frequency_l2(exponent):
     """MatryoshkaMF's loss with l2 minus its loss without: exactly the formula, written out per row:
     users by their pair counts, the positives and the chosen negatives per occurrence."""
-    from distrec.embeddings import Tables
-    from distrec.model import Batch, MatryoshkaMF
+    from distrec.nn.embeddings import Tables
+    from distrec.tasks.mrl4rec import Batch, MatryoshkaMF
 
     overrides = ["model.dim=8", "model.levels=[2,4,8]", "train.sampler=uniform", "train.gramian=3",
                  f"train.l2_user_exponent={exponent}"]

@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from distrec import config, losses
+from distrec import config
 from distrec.data import load_dataset
-from distrec.parallel import ONE_PROCESS
-from distrec.workload import mrl4rec_workload
+from distrec.distributed import ONE_PROCESS
+from distrec.nn import losses
+from distrec.tasks import mrl4rec
 
 LEVELS, WEIGHTS = (2, 4, 8), (0.2, 0.3, 0.5)
 
@@ -37,8 +38,8 @@ def test_the_split_terms_give_the_per_level_penalty_and_its_gradients():
 
 
 def _model_grads(item_weight: float):
-    from distrec.embeddings import Tables
-    from distrec.model import Batch, MatryoshkaMF
+    from distrec.nn.embeddings import Tables
+    from distrec.tasks.mrl4rec import Batch, MatryoshkaMF
 
     overrides = ["model.dim=8", "model.levels=[2,4,8]", "train.sampler=uniform", "train.gramian=3", "train.l2=0"]
     cfg = config.load(None, overrides)
@@ -80,7 +81,7 @@ def test_a_users_only_step_reads_the_gramian_from_the_shards_and_leaves_the_item
 def test_an_epochs_item_updates_weigh_as_much_as_every_step(every):
     cfg = config.load(None, ["data.synthetic.preset=tiny", "train.gramian=1", "train.batch_size=64",
                              f"train.gramian_every={every}"])
-    work = mrl4rec_workload(cfg, ONE_PROCESS, load_dataset(cfg.data))
+    work = mrl4rec.from_data(cfg, ONE_PROCESS, load_dataset(cfg.data))
     weights = np.array([b.gramian_item_weight for b in work.batches(1, 0)])
     assert len(weights) > every
     assert weights.sum() == pytest.approx(len(weights))

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from distrec import losses
+from distrec.nn import losses
 
 
 def softplus(x: float) -> float:

@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from distrec import counters, losses
-from distrec.samplers import shared_negatives
+from distrec.nn import counters, losses
+from distrec.nn.samplers import shared_negatives
 
 LEVELS, WEIGHTS = (2, 4, 8), (0.2, 0.3, 0.5)
 

@@ -1,6 +1,6 @@
 """Watching a run: train.log with time-stamped epoch lines, TensorBoard scalars under tb/, no
 progress-bar fragments in logs that are not a terminal, and nothing left behind between runs
-(distrec.console, distrec.monitor, train.py). The runs are in this process, as a test or a
+(distrec.run.console, distrec.run.monitor, train.py). The runs are in this process, as a test or a
 search calling train.main several times would be."""
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from distrec import console, monitor, train
+from distrec import train
+from distrec.run import console, monitor
 
 TINY = ["data.synthetic.preset=tiny", "train.epochs=2", "train.batch_size=256", "model.dim=16", "model.levels=[4,8,16]",
         "eval.ks=[5,20]", "eval.select_metric=recall@20", "eval.patience=10", "device=cpu"]  # progress left on

@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from distrec import losses
-from distrec.towers import SelfAttentiveRouter
+from distrec.nn import losses
+from distrec.nn.towers import SelfAttentiveRouter
 
 
 def _gen(seed: int) -> torch.Generator:

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from distrec import train
-from distrec.concurrent_refit import RefitAlongside
+from distrec.run.concurrent_refit import RefitAlongside
 
 TINY = ["data.synthetic.preset=tiny", "train.batch_size=256", "progress=false", "eval.ks=[5,20]",
         "eval.select_metric=recall@20", "model.dim=16", "model.levels=[4,8,16]", "train.refit=true"]

@@ -24,9 +24,11 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from distrec import ann, config, manifest, outputs, retrieve, topk, towers, train
+from distrec import config, train
 from distrec.data.sequences import history_windows, load_sequences
-from distrec.multi_interest import router_spec_of
+from distrec.nn import towers
+from distrec.serve import ann, bundle, manifest, retrieve, topk
+from distrec.tasks.multi_interest import router_spec_of
 
 ROOT = Path(__file__).resolve().parents[2]
 MF = ["data.synthetic.num_users=300", "data.synthetic.num_items=200", "data.synthetic.num_interactions=3000",
@@ -377,7 +379,7 @@ def test_topk_funnel_and_exact_on_random_tensors(interests):
 @pytest.fixture(scope="module")
 def ann_run(tmp_path_factory) -> tuple[Path, dict]:
     """An export of 5,000 clustered items x 32 and 200 users, written as a run writes one
-    (outputs.export_embeddings); raw item ids 7 + 3 x row."""
+    (bundle.write); raw item ids 7 + 3 x row."""
     rng = np.random.default_rng(4)
     n, d, u = 5000, 32, 200
     items, users = clustered(rng, n, d), clustered(rng, u, d)
@@ -386,7 +388,7 @@ def ann_run(tmp_path_factory) -> tuple[Path, dict]:
     interactions = {"user": user_rows, "item": item_rows, "split": np.zeros(len(user_rows), np.int8)}
     run = tmp_path_factory.mktemp("ann")
     resolved = {"model": {"task": "mrl4rec", "dim": d, "levels": [8, 16, 32]}}
-    outputs.export_embeddings(run, torch.as_tensor(users), torch.as_tensor(items), np.arange(u), 7 + 3 * np.arange(n),
+    bundle.write(run, torch.as_tensor(users), torch.as_tensor(items), np.arange(u), 7 + 3 * np.arange(n),
                               resolved=resolved, interactions=interactions)
     return run, {"items": items, "users": users, "seen": [item_rows[user_rows == r] for r in range(u)]}
 
@@ -524,7 +526,7 @@ def test_multi_interest_retrieval_equals_the_evaluation_scoring(runs, tmp_path):
 
 
 def cli(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "distrec.retrieve", *map(str, args)], cwd=ROOT, capture_output=True, text=True)
+    return subprocess.run([sys.executable, "-m", "distrec.serve.retrieve", *map(str, args)], cwd=ROOT, capture_output=True, text=True)
 
 
 def test_cli_errors_are_one_line_and_exit_2(runs, tmp_path):
@@ -575,12 +577,12 @@ def test_serving_needs_no_trainer(runs, tmp_path):
     shutil.copytree(runs["remi"] / "embeddings", moved)  # no config.yaml, data/ or checkpoints beside it
     code = (
         "import sys\n"
-        "from distrec import retrieve\n"
+        "from distrec.serve import retrieve\n"
         f"table = retrieve.main(['--run', {str(moved)!r}, '--dim', '8', '--k', '5', '--all', '--exclude-seen',"
         f" '--out', {str(tmp_path / 'top.parquet')!r}])\n"
         "assert table.num_rows > 0\n"
-        "loaded = [m for m in sys.modules if m.startswith(('torchrec', 'fbgemm', 'distrec.train', 'distrec.parallel',"
-        " 'distrec.workload', 'distrec.embeddings', 'distrec.model', 'distrec.multi_interest'))]\n"
+        "loaded = [m for m in sys.modules if m.startswith(('torchrec', 'fbgemm', 'distrec.train', 'distrec.distributed',"
+        " 'distrec.tasks', 'distrec.run', 'distrec.eval', 'distrec.nn.embeddings', 'distrec.experiments'))]\n"
         "assert not loaded, loaded\n"
         "import torch.distributed as dist\n"
         "assert not dist.is_initialized()\n"

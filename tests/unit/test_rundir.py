@@ -1,4 +1,4 @@
-"""One run at a time in a run directory, and results only from runs that finished (distrec.rundir)."""
+"""One run at a time in a run directory, and results only from runs that finished (distrec.run.rundir)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from distrec import rundir
 from distrec.config import ConfigError
+from distrec.run import rundir
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ["data.synthetic.preset=tiny", "train.epochs=1", "model.dim=16", "model.levels=[4,8,16]", "eval.ks=[5,20]",

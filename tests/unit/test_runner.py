@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from distrec.runner import command, launch
+from distrec.experiments.runner import command, launch
 
 pytestmark = pytest.mark.slow  # each test starts a training process (~10 s)
 

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from distrec import counters, samplers
+from distrec.nn import counters, samplers
 
 STREAM = counters.key(2022, 1, 1)
 
@@ -126,7 +126,7 @@ def test_membership_filter_agrees_with_the_exact_set():
 
 def _blocks(table: torch.Tensor, row_cuts: list[int], col_cuts: list[int]) -> list[list]:
     """The table cut into a grid of LocalShard blocks, one list per 'rank' (one block each)."""
-    from distrec.embeddings import LocalShard
+    from distrec.nn.embeddings import LocalShard
 
     rows, cols = [0, *row_cuts, table.shape[0]], [0, *col_cuts, table.shape[1]]
     return [[LocalShard(r0, c0, table[r0:r1, c0:c1])] for r0, r1 in zip(rows, rows[1:]) for c0, c1 in zip(cols, cols[1:])]

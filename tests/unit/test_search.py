@@ -1,4 +1,4 @@
-"""distrec.search end to end on tiny data: its outputs, and that model selection never reads test.
+"""distrec.experiments.search end to end on tiny data: its outputs, and that model selection never reads test.
 
 Both searches run on a user_lines copy of the synthetic `tiny` preset: once with its real test
 labels (refit at the end, test metrics read) and once with test labels replaced by random items.
@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from distrec import config, search
+from distrec import config
 from distrec.data import load_dataset
+from distrec.experiments import search
 
 pytestmark = pytest.mark.slow  # each search launches several training processes (~10 s each)
 

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from distrec import config, search_space
-from distrec.search_space import SpaceError
+from distrec import config
+from distrec.experiments import search_space
+from distrec.experiments.search_space import SpaceError
 
 ROOT = Path(__file__).resolve().parents[2]
 # Each shipped space and the config it is meant for.

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from distrec.data import DataError
 from distrec import config
+from distrec.data import DataError
 from distrec.data.sequences import SequenceData, history_windows, load_sequences
 
 

@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 
 from distrec.config import DataConfig, SyntheticConfig
-from distrec.data import DataError, InteractionData, load_dataset, read_cache
-from distrec.data import dataset
+from distrec.data import DataError, InteractionData, dataset, load_dataset, read_cache
 
 
 def keys(data: InteractionData, split: str) -> np.ndarray:

@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
-from distrec import losses
-from distrec.towers import CapsuleRouter, SASRecEncoder, SelfAttentiveRouter, squash
+from distrec.nn import losses
+from distrec.nn.towers import CapsuleRouter, SASRecEncoder, SelfAttentiveRouter, squash
 
 
 def _batch(b=4, length=7, d=8, lengths=(7, 3, 5, 1), seed=0):

@@ -4,7 +4,7 @@ One collection per entity (users, items), each with one table, so that user and 
 can have different batch sizes. `lookup()` turns a flat id tensor into a KeyedJaggedTensor of
 bags of one id and returns `[N, D]` rows, whichever collection type (bag or sequence) and
 however the table is sharded. `Tables.seed` initialises the tables the same for any world size.
-Imports: numpy, torch, torchrec, distrec.counters, distrec.config.
+Imports: numpy, torch, torchrec, distrec.nn.counters, distrec.config.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backwa
 from torchrec.optim.optimizers import in_backward_optimizer_filter
 from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor
 
-from distrec import counters
 from distrec.config import ModelConfig, TrainConfig
+from distrec.nn import counters
 
 USER, ITEM = "user", "item"
 TABLE_SHARDING_FIELDS = {USER: "user_sharding", ITEM: "item_sharding"}

@@ -1,6 +1,6 @@
 """Negative samplers: uniform candidates excluding training items, DNS and MNS selection.
 
-Candidates are counter-based draws (distrec.counters) keyed by (seed, epoch) and the sample's
+Candidates are counter-based draws (distrec.nn.counters) keyed by (seed, epoch) and the sample's
 global position in the epoch, so they do not depend on the rank or the world size; hard
 samplers score them with the current embeddings and keep the
 highest-scoring one, at full dimension (DNS) or per matryoshka level on that level's prefix
@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from distrec import counters
+from distrec.nn import counters
 
 _FIB = np.uint64(0x9E3779B97F4A7C15)
 

@@ -11,7 +11,7 @@ release the GIL). Each thread then runs its kernels on half of the process's thr
 
 Only for one process (a second model's collectives would need their own process group) and
 for steps that draw nothing from torch's global generator (MF: every draw is counter-based), so
-the two threads cannot change each other's numbers. Imports: torch, distrec.checkpoint.
+the two threads cannot change each other's numbers. Imports: torch, distrec.run.checkpoint.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Callable
 
 import torch
 
-from distrec import checkpoint
+from distrec.run import checkpoint
 
 
 class RefitAlongside:

@@ -3,20 +3,30 @@ or a matryoshka softmax over negatives shared by the batch (the whole catalogue 
 
 `MatryoshkaMF.forward(batch)` is the whole training step's forward, `(loss, stats)`, so it
 runs through DistributedModelParallel's forward (and its DDP wrapper for any dense table).
-Imports: torch, distrec.embeddings / losses / samplers / config.
+`workload` is the task as the loop sees it. Imports: numpy, torch, distrec.config / data /
+distributed / nn / eval / tasks.workload.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+from collections.abc import Iterator
+from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
-from distrec import losses, parallel, samplers
-from distrec.config import ModelConfig, TrainConfig
-from distrec.data.batches import DeviceBatch
-from distrec.embeddings import Tables
+from distrec import distributed
+from distrec.config import Config, ModelConfig, TrainConfig
+from distrec.data import InteractionData, load_dataset
+from distrec.data.batches import DeviceBatch, epoch_batches, num_batches
+from distrec.eval import evaluate
+from distrec.nn import counters, losses, samplers
+from distrec.nn.embeddings import Tables
+from distrec.nn.samplers import CandidateSampler, candidate_shape, shared_negatives
+from distrec.tasks.workload import Workload, digest, inner, shard_task
 
 
 @dataclasses.dataclass
@@ -37,7 +47,7 @@ class Batch(DeviceBatch):
 
 
 class MatryoshkaMF(nn.Module):
-    def __init__(self, tables: Tables, model_cfg: ModelConfig, train_cfg: TrainConfig, env: parallel.DistEnv):
+    def __init__(self, tables: Tables, model_cfg: ModelConfig, train_cfg: TrainConfig, env: distributed.DistEnv):
         super().__init__()
         self.tables = tables
         self.env = env
@@ -113,7 +123,7 @@ class MatryoshkaMF(nn.Module):
         if not hasattr(self, "_whole_rows"):
             shards, _ = self.tables.local_items()
             whole = all(sh.first_col == 0 and sh.weight.shape[1] == self.levels[-1] for sh in shards)
-            split = parallel.all_reduce_max(torch.tensor([0.0 if whole else 1.0], device=self.env.device), self.env)
+            split = distributed.all_reduce_max(torch.tensor([0.0 if whole else 1.0], device=self.env.device), self.env)
             self._whole_rows = not split.item()
         return self._whole_rows
 
@@ -127,7 +137,7 @@ class MatryoshkaMF(nn.Module):
         for sh in shards:
             w = sh.weight.to(gram.device, torch.float32)
             gram += w.T @ w
-        return gram if replicated or self.env.world_size == 1 else parallel.all_reduce_sum(gram, self.env)
+        return gram if replicated or self.env.world_size == 1 else distributed.all_reduce_sum(gram, self.env)
 
     def _softmax(self, u: torch.Tensor, batch: Batch, per_level: list) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
         """Matryoshka softmax of each positive against the batch's shared negatives, at every
@@ -173,11 +183,78 @@ class MatryoshkaMF(nn.Module):
             rows = -(-global_size // self.env.world_size)  # the largest local batch
             # One collective for both: the int64 ids travel as pairs of float32 bit patterns.
             packed = torch.cat([u.float(), cands.reshape(b, -1).view(torch.float32)], dim=1)
-            every = parallel.all_gather_padded(packed, self.env, rows)
+            every = distributed.all_gather_padded(packed, self.env, rows)
             every_u = every[:, : u.shape[1]].to(u.dtype)
             every_cands = every[:, u.shape[1] :].contiguous().view(torch.int64).view(-1, *cands.shape[1:])
-            scores = parallel.all_reduce_sum(samplers.candidate_scores(every_u, every_cands, shards, picks), self.env)
+            scores = distributed.all_reduce_sum(samplers.candidate_scores(every_u, every_cands, shards, picks), self.env)
             scores = scores[:, self.env.rank * rows : self.env.rank * rows + b]
         pick = scores.argmax(dim=2).T  # [B, J] into N; ties: the first candidate, as select_hardest
         group = torch.tensor([g for _, g in picks], device=cands.device)
         return cands[torch.arange(b, device=cands.device)[:, None], group[None, :], pick]
+
+
+def workload(cfg: Config, env: distributed.DistEnv, data_dir: Path | None) -> Workload:
+    """The MF task on `cfg.data` (rank 0 writes the data's Parquet copy and report to `data_dir`)."""
+    data = load_dataset(cfg.data, out_dir=data_dir, drop_cold_test_users=cfg.data.cold_test_users == "drop")
+    return from_data(cfg, env, data)
+
+
+def from_data(cfg: Config, env: distributed.DistEnv, data: InteractionData) -> Workload:
+    csr = {split: data.csr(split) for split in ("train", "valid", "test")}
+    sampler = CandidateSampler(data.train_users, data.train_items, data.num_items)
+    shape = candidate_shape(cfg.train.sampler, cfg.train.num_negs, len(cfg.model.levels), cfg.train.mns_pool)
+    softmax = cfg.train.loss == "softmax"
+    pairs_per_user = np.bincount(data.train_users, minlength=data.num_users).clip(min=1)
+    frequency = cfg.train.l2_user_exponent != 1
+
+    def num_shared(local_batch: int) -> int:
+        return cfg.train.num_sampled or 10 * local_batch
+
+    def build():
+        tables = Tables(data.num_users, data.num_items, cfg.model)
+        return shard_task(MatryoshkaMF(tables, cfg.model, cfg.train, env), tables, cfg, env)
+
+    def batches(epoch: int, start: int = 0) -> Iterator[Batch]:
+        cand_stream, shared_stream = counters.key(cfg.train.seed, epoch, 1), counters.key(cfg.train.seed, epoch, 2)
+        n = len(data.train_users)
+        # train.gramian_every = k: the items' whole-catalogue update on steps 0, k, 2k, ..., each
+        # weighted steps / updating steps, so that an epoch's item updates sum to the every-step total.
+        steps, every = num_batches(n, cfg.train.batch_size), cfg.train.gramian_every
+        item_weight = steps / -(-steps // every)
+        for step, idx, global_size, first in epoch_batches(n, cfg.train.batch_size, cfg.train.seed, epoch, env.rank, env.world_size, start):
+            users = data.train_users[idx]
+            if softmax:
+                shared = shared_negatives(shared_stream, first, len(idx), data.num_items, num_shared(len(idx)))
+                cands = np.zeros((len(idx), 0, 0), np.int64)
+            else:
+                positions = np.arange(first, first + len(idx))
+                cands, shared = sampler.draw(cand_stream, positions, users, shape), None
+            yield Batch(
+                users=torch.as_tensor(users), pos=torch.as_tensor(data.train_items[idx]), cands=torch.as_tensor(cands),
+                global_size=global_size, world_size=env.world_size, shared=None if shared is None else torch.as_tensor(shared),
+                catalogue=softmax and num_shared(len(idx)) >= data.num_items,  # shared_negatives gave every item
+                user_scale=torch.as_tensor(1.0 / pairs_per_user[users], dtype=torch.float32)
+                if cfg.train.gramian or frequency else None,
+                gramian_item_weight=item_weight if step % every == 0 else 0.0,
+            ).to(env.device)
+
+    return Workload(
+        summary=f"{data.num_users} users, {data.num_items} items, {len(data.train_users)} train / "
+                f"{len(data.valid_users)} valid / {len(data.test_users)} test pairs",
+        num_users=data.num_users, num_items=data.num_items, num_samples=len(data.train_users),
+        build=build, batches=batches,
+        eval_sets={"valid": (csr["valid"], [csr["train"]]), "test": (csr["test"], [csr["train"], csr["valid"]])},
+        encoder=lambda model, split: evaluate.user_encoder(inner(model).tables, env.device),
+        user_raw=data.user_raw, item_raw=data.item_raw,
+        refit=lambda: _refit_workload(cfg, env, data, csr),
+        data_hash=functools.cache(lambda: digest(data.train_users, data.train_items)),
+        interactions=data.split_columns,
+    )
+
+
+def _refit_workload(cfg: Config, env: distributed.DistEnv, data: InteractionData, csr: dict) -> Workload:
+    merged = from_data(cfg, env, data.merge_valid_into_train())
+    # Test on the original splits: train and validation items are both masked.
+    merged.eval_sets = {"valid": (csr["valid"], [csr["train"]]), "test": (csr["test"], [csr["train"], csr["valid"]])}
+    merged.interactions = data.split_columns  # the exports keep the original splits
+    return merged

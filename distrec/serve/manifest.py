@@ -95,7 +95,7 @@ def _from_config(directory: Path) -> dict[str, Any]:
     users = np.load(directory / "user_embeddings.npy", mmap_mode="r") if has_users else None
     encoder = None
     if (directory / "router.pt").is_file():
-        from distrec.towers import router_spec  # torch-free here otherwise
+        from distrec.nn.towers import router_spec  # torch-free here otherwise
 
         m, seq = resolved["model"], resolved["data"].get("sequence", {})
         dropout = m.get("dropout")

@@ -3,27 +3,34 @@
 `MultiInterest.forward(batch)` is the training step's forward `(loss, stats)`: histories,
 positives and the rank's shared negatives are all looked up through the sharded item table;
 the routing tower (dense, under DDP) turns each history into K interests; the loss is the
-matryoshka sampled softmax with IHN plus routing regularisation. `SequenceBatches` builds
-batches vectorised; `NegativeSampler` draws each rank's shared negatives.
-Imports: numpy, torch, distrec.config / data / embeddings / losses / samplers / towers / parallel.
+matryoshka sampled softmax with IHN plus routing regularisation. `sequence_batches` builds
+batches vectorised; `NegativeSampler` draws each rank's shared negatives; `workload` is the
+task as the loop sees it.
+Imports: numpy, torch, distrec.config / data / distributed / nn / tasks.workload.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from distrec import counters, losses, parallel
+from distrec import distributed
 from distrec.config import Config, ModelConfig, TrainConfig
 from distrec.data.batches import DeviceBatch, epoch_batches
-from distrec.data.sequences import SequenceData, history_windows
-from distrec.embeddings import Tables, lookup_padded
-from distrec.samplers import shared_negatives
-from distrec.towers import build_router, router_spec
+from distrec.data.dataset import print_warning
+from distrec.data.sequences import SequenceData, history_windows, load_sequences, ranges
+from distrec.nn import counters, losses
+from distrec.nn.embeddings import Tables, lookup_padded
+from distrec.nn.samplers import shared_negatives
+from distrec.nn.towers import build_router, router_spec
+from distrec.tasks.workload import Workload, digest, inner, shard_task
 
 
 @dataclasses.dataclass
@@ -122,7 +129,7 @@ class NegativeSampler:
 
 
 def sequence_batches(
-    data: SequenceData, sampler: NegativeSampler, cfg: Config, env: parallel.DistEnv, epoch: int, start: int = 0
+    data: SequenceData, sampler: NegativeSampler, cfg: Config, env: distributed.DistEnv, epoch: int, start: int = 0
 ) -> Iterator[SeqBatch]:
     """The epoch's batches for this rank from batch `start` on: (history window, next item) for
     every training position. Negatives are counter-based draws keyed by sample position."""
@@ -141,9 +148,9 @@ def sequence_batches(
         if cfg.train.gather_negatives and env.world_size > 1 and not catalogue:
             # Every rank's negatives for every rank: ids travel, rows are looked up (with
             # gradients) through the sharded table like any other id.
-            negs = parallel.all_gather_rows(negs.to(env.device), env, num * env.world_size).cpu()
+            negs = distributed.all_gather_rows(negs.to(env.device), env, num * env.world_size).cpu()
             if log_q is not None:
-                log_q = parallel.all_gather_rows(log_q.to(env.device), env, num * env.world_size).cpu()
+                log_q = distributed.all_gather_rows(log_q.to(env.device), env, num * env.world_size).cpu()
         yield SeqBatch(
             hist=torch.as_tensor(hist), mask=torch.as_tensor(mask), pos=torch.as_tensor(data.items_at(users[idx], positions[idx])),
             negs=negs, neg_log_q=log_q, global_size=global_size, world_size=env.world_size, catalogue=catalogue,
@@ -160,3 +167,51 @@ def interest_encoder(model: MultiInterest, data: SequenceData, users: np.ndarray
         return interests
 
     return encode
+
+
+def workload(cfg: Config, env: distributed.DistEnv, data_dir: Path | None = None) -> Workload:
+    # Warnings (weak data) on rank 0 only, in the log and in data/report.json like the MF task's.
+    warn = print_warning if env.is_main else None
+    data: SequenceData = load_sequences(cfg.data, warn=warn)
+    if data_dir is not None:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        (data_dir / "report.json").write_text(json.dumps(data.report, indent=2, default=int) + "\n")
+    max_len = cfg.data.sequence.max_len
+    sampler = NegativeSampler(data, cfg.train.neg_distribution)
+    splits = {split: data.eval_split(split) for split in ("valid", "test")}
+    eval_sets = {}
+    for split, (users, ends, targets) in splits.items():
+        # Mask the whole history part (items before `ends`), not only the window the model sees.
+        exclude = [data.segments(users, np.zeros_like(ends), ends)] if cfg.eval.mask_history else []
+        eval_sets[split] = (targets, exclude)
+
+    def build():
+        tables = Tables(0, data.num_items, cfg.model)
+        return shard_task(MultiInterest(tables, cfg.model, cfg.train, max_len), tables, cfg, env)
+
+    def encoder(model: nn.Module, split: str):
+        users, ends, _ = splits[split]
+        return interest_encoder(inner(model), data, users, ends, max_len, env.device)
+
+    def diagnostics(model: nn.Module) -> dict:
+        # Routing collapse on a fixed sample of validation users (the same on every rank).
+        users, ends, _ = splits["valid"]
+        hist, mask = history_windows(data, users[:1024], ends[:1024], max_len)
+        with torch.no_grad():
+            mask_t = torch.as_tensor(mask, device=env.device)
+            _, attn = inner(model).encode(torch.as_tensor(hist, device=env.device), mask_t)
+        return {"routing": losses.routing_diagnostics(attn, mask_t)}
+
+    users, _ = data.train_samples()
+    return Workload(
+        summary=f"{data.num_users} users ({len(data.train_users)} train / {len(data.valid_users)} valid / "
+                f"{len(data.test_users)} test), {data.num_items} items, {len(users)} training samples",
+        num_users=0, num_items=data.num_items, num_samples=len(users),
+        build=build, batches=lambda epoch, start=0: sequence_batches(data, sampler, cfg, env, epoch, start),
+        eval_sets=eval_sets, encoder=encoder, num_interests=cfg.model.num_interests, hitrate=True,
+        user_raw=data.user_raw, item_raw=data.item_raw, diagnostics=diagnostics,
+        data_hash=functools.cache(lambda: digest(data.seq_indptr, data.seq_items, data.train_users)),
+        interactions=lambda: {"user": np.repeat(np.arange(data.num_users), data.lengths), "item": data.seq_items,
+                              "position": ranges(data.lengths)},
+        encoder_spec=router_spec_of(cfg.model, max_len),
+    )

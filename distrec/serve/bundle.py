@@ -1,8 +1,9 @@
-"""What a run leaves in its run directory: resolved config, metrics, exported embeddings.
+"""The serving bundle: the one writer (and Parquet reader) of `<run_dir>/embeddings`.
 
-Every file is written to a temporary name and renamed, so an interrupted or failed run never
-leaves a half-written metrics.json or embedding file. Only rank 0 writes. Imports: stdlib,
-numpy, pyarrow, torch, yaml, distrec.manifest.
+Training (`Workload.write_bundle`), `distrec.export` and tests write bundles through `write`;
+`distrec.serve.retrieve` reads them back. Every file goes to a temporary name and is renamed
+(`atomic_write`), and manifest.json comes last, so a half-written bundle never reads as whole.
+Imports: numpy, pyarrow, torch, distrec.serve.manifest; no training code.
 """
 
 from __future__ import annotations
@@ -16,51 +17,23 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-import yaml
 
-from distrec import manifest
+from distrec.serve import manifest
 
 
-def _atomic_write(path: Path, write) -> None:
+def atomic_write(path: Path, write) -> None:
+    """`write(tmp)` then rename `tmp` to `path`: a reader sees the old file or the new one, whole."""
     tmp = path.with_name(path.name + ".tmp")
     write(tmp)
     os.replace(tmp, path)
 
 
-def write_config(run_dir: Path, resolved: dict[str, Any]) -> None:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    _atomic_write(run_dir / "config.yaml", lambda p: p.write_text(yaml.safe_dump(resolved, sort_keys=False)))
-
-
-def append_metrics(run_dir: Path, record: dict[str, Any]) -> None:
-    append_record(run_dir / "metrics.jsonl", record)
-
-
-def append_record(path: Path, record: dict[str, Any]) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
-
-
-def truncate_metrics(run_dir: Path, after_epoch: int) -> None:
-    """Drop the metrics.jsonl records of epochs after `after_epoch`: a resumed run redoes them
-    (they were written after its checkpoint), and must not log them twice."""
-    path = run_dir / "metrics.jsonl"
-    if not path.exists():
-        return
-    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line).get("epoch", 0) <= after_epoch]
-    _atomic_write(path, lambda p: p.write_text("".join(line + "\n" for line in keep)))
-
-
-def write_json(path: Path, obj: dict[str, Any]) -> None:
-    _atomic_write(path, lambda p: p.write_text(json.dumps(obj, indent=2) + "\n"))
-
-
-def export_embeddings(run_dir: Path, users, items, user_raw, item_raw, *, resolved: dict[str, Any],
+def write(run_dir: Path, users, items, user_raw, item_raw, *, resolved: dict[str, Any],
                       interactions: dict[str, np.ndarray] | None = None, encoder: tuple[dict, dict] | None = None,
                       origin: dict | None = None, out_dir: Path | None = None) -> None:
     """The serving bundle in `run_dir/embeddings` (or `out_dir`): full-dimension tables (`users` may be None: no
     user table), their raw ids, the same as Parquet, the run's interactions, the router (multi-
-    interest: (router_spec, state dict)) and `manifest.json`, written last (distrec.manifest).
+    interest: (router_spec, state dict)) and `manifest.json`, written last (serve.manifest).
     The first d columns are the model at level d.
 
     Raw ids are int64, or unicode strings (saved as `<U..`, which np.load reads without pickle)."""
@@ -74,26 +47,26 @@ def export_embeddings(run_dir: Path, users, items, user_raw, item_raw, *, resolv
             if arr.dtype == object:  # string ids: an object array would need allow_pickle to load
                 arr = arr.astype(str)
             arrays[name] = arr
-            _atomic_write(out / f"{name}.npy", lambda p, a=arr: _save_npy(p, a))
+            atomic_write(out / f"{name}.npy", lambda p, a=arr: _save_npy(p, a))
     meta = {"format": manifest.FORMAT, "task": resolved["model"].get("task", "mrl4rec"),
             "dim": int(resolved["model"]["dim"]), "levels": [int(d) for d in resolved["model"]["levels"]],
             "config_hash": manifest.config_hash(resolved)}
-    _atomic_write(out / "items.parquet", lambda p: pq.write_table(
+    atomic_write(out / "items.parquet", lambda p: pq.write_table(
         embedding_table("item", arrays["item_ids"], arrays["item_embeddings"], meta), p))
     if users is not None:
-        _atomic_write(out / "users.parquet", lambda p: pq.write_table(
+        atomic_write(out / "users.parquet", lambda p: pq.write_table(
             embedding_table("user", arrays["user_ids"], arrays["user_embeddings"], meta), p))
     if interactions is not None:
-        _atomic_write(out / "interactions.parquet", lambda p: pq.write_table(pa.table(interactions), p))
+        atomic_write(out / "interactions.parquet", lambda p: pq.write_table(pa.table(interactions), p))
     if encoder is not None:
         spec, state = encoder
         state = {k: v.detach().cpu() for k, v in state.items()}
-        _atomic_write(out / "router.pt", lambda p: torch.save(state, p))
+        atomic_write(out / "router.pt", lambda p: torch.save(state, p))
     manifest.write(out, manifest.build(
         resolved, num_users=0 if user_raw is None else len(arrays["user_ids"]), num_items=arrays["item_embeddings"].shape[0], has_user_table=users is not None,
         has_user_ids=user_raw is not None, interactions="interactions.parquet" if interactions is not None else None,
         encoder=None if encoder is None else {"weights": "router.pt", "router": encoder[0]},
-        origin=origin or {"written_by": "train"}), _atomic_write)
+        origin=origin or {"written_by": "train"}), atomic_write)
 
 
 def embedding_table(id_name: str, raw: np.ndarray, table: np.ndarray, meta: dict) -> pa.Table:

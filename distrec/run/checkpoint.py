@@ -7,7 +7,7 @@ own shards, with the loop state, the config and a fingerprint of the model and d
 (`loop.pt`). `recover` finds the newest complete checkpoint whatever moment a write was killed
 at; `check_compatible` refuses to resume a run of another data set or model shape. `Schedule`
 says when the loop writes one: every N epochs, N steps or M minutes, and on preemption.
-Imports: torch, distrec.parallel, distrec.preemption, distrec.config.
+Imports: torch, distrec.distributed, distrec.run.preemption, distrec.config.
 """
 
 from __future__ import annotations
@@ -21,8 +21,9 @@ import torch.distributed.checkpoint as dcp
 from torch import nn
 from torch.distributed._shard.sharded_tensor import ShardedTensor
 
-from distrec import parallel, preemption
+from distrec import distributed
 from distrec.config import ConfigError
+from distrec.run import preemption
 
 # What a checkpoint's tables and optimizer state are shaped by: resuming with any of these
 # changed would load garbage or fail inside DCP, so it is refused up front.
@@ -94,7 +95,7 @@ def save(path: Path, model: nn.Module, dense_opts: list, env, extra: dict) -> No
     tmp, old = path.with_name(path.name + ".tmp"), path.with_name(path.name + ".old")
     if env.is_main:
         shutil.rmtree(tmp, ignore_errors=True)
-    parallel.barrier(env)
+    distributed.barrier(env)
     dcp.save({"model": model.state_dict(), "optim": model.fused_optimizer.state_dict()}, checkpoint_id=str(tmp))
     if env.is_main:
         torch.save({"dense": [opt.state_dict() for opt in dense_opts], "extra": extra}, tmp / "loop.pt")
@@ -103,7 +104,7 @@ def save(path: Path, model: nn.Module, dense_opts: list, env, extra: dict) -> No
             path.rename(old)
         tmp.rename(path)
         shutil.rmtree(old, ignore_errors=True)
-    parallel.barrier(env)
+    distributed.barrier(env)
 
 
 def load(path: Path, model: nn.Module, dense_opts: list) -> dict:
@@ -222,7 +223,7 @@ class Schedule:
         timed = bool(self.every_minutes) and self.env.is_main and time.monotonic() - self.last_save >= 60 * self.every_minutes
         flags = torch.tensor([float(preemption.requested()), float(timed)])
         if self.env.world_size > 1:
-            flags = parallel.all_reduce_max(flags, self.env)
+            flags = distributed.all_reduce_max(flags, self.env)
         return bool(flags[0] > 0), bool(flags[1] > 0)
 
     def after_step(self, global_step: int) -> str | None:

@@ -2,12 +2,12 @@
 
 No rank holds the whole item table: each rank looks up one contiguous slice of item rows
 through the sharded module and counts, for every (user, target) pair, how many of its items
-score at or above the target (`distrec.ranking`). One all-reduce of the counts gives every
+score at or above the target (`distrec.eval.ranking`). One all-reduce of the counts gives every
 target's exact global rank, from which Recall, NDCG and HitRate follow (binary relevance needs
 no top-K list). Users are taken in chunks whose size depends only on the data and `chunk_mb`,
 never on the world size; each rank encodes its share of a chunk and the queries are
 all-gathered, so every world size gives the one-process numbers.
-Imports: numpy, torch, distrec.parallel, distrec.embeddings, distrec.ranking, distrec.data.sequences (ranges).
+Imports: numpy, torch, distrec.distributed, distrec.nn.embeddings, distrec.eval.ranking, distrec.data.sequences (ranges).
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from distrec import parallel
+from distrec import distributed
 from distrec.data.sequences import ranges
-from distrec.embeddings import Tables, lookup_padded
-from distrec.parallel import DistEnv
-from distrec.ranking import SYNC_EVERY, count_above, level_scores
+from distrec.distributed import DistEnv
+from distrec.eval.ranking import SYNC_EVERY, count_above, level_scores
+from distrec.nn.embeddings import Tables, lookup_padded
 
 Csr = tuple[np.ndarray, np.ndarray]  # (indptr [U + 1], column ids)
 BLOCK_ITEMS = 1024  # items scored at once: 512-1024 measured fastest on a Books model (docs/benchmarks.md)
@@ -51,7 +51,7 @@ def local_rows(lookup, num_rows: int, env: DistEnv) -> tuple[int, torch.Tensor]:
 def gather_table(lookup, num_rows: int, env: DistEnv) -> torch.Tensor:
     """The whole table `[num_rows, D]` on every rank (for exporting embeddings, not for scoring)."""
     _, rows = local_rows(lookup, num_rows, env)
-    return parallel.all_gather_rows(rows, env, int(num_rows))
+    return distributed.all_gather_rows(rows, env, int(num_rows))
 
 
 def chunks(rows: np.ndarray, targets: Csr, num_interests: int, chunk_mb: float, block_items: int = BLOCK_ITEMS) -> list[np.ndarray]:
@@ -111,7 +111,7 @@ def evaluate(
     for chunk in chunks(rows, targets, num_interests, chunk_mb, block_items):
         lo, hi = _slice(len(chunk), env)
         queries = encode(chunk[lo:hi]).float()
-        queries = parallel.all_gather_rows(queries if queries.dim() == 3 else queries[:, None], env, len(chunk))
+        queries = distributed.all_gather_rows(queries if queries.dim() == 3 else queries[:, None], env, len(chunk))
         per_row = score_chunk(queries, shard, chunk, targets, exclude, levels, ks, hitrate, block_items, env, sync_every)
         sums += torch.stack([per_row.sum(0), per_row.pow(2).sum(0)])
     n = max(len(rows), 1)
@@ -198,14 +198,14 @@ def score_chunk(
     target_scores[owned] = level_scores(queries[prow_t[owned]], shard.rows[owned_pos], levels)
     cap = max(ks)
     if env is not None:
-        target_scores = parallel.all_reduce_sum(target_scores, env)  # exactly one rank owns each target
+        target_scores = distributed.all_reduce_sum(target_scores, env)  # exactly one rank owns each target
     skip_held, skip_pos = shard.local(torch.as_tensor(skip_items, device=dev))
     sharded = env is not None and env.world_size > 1
     counts = count_above(queries, shard.rows, prow_t, target_scores, torch.as_tensor(skip_pairs, device=dev)[skip_held],
                          skip_pos, levels, cap, block_items, num_blocks=-(-shard.max_rows // block_items),
-                         sync=(lambda c: parallel.all_reduce_sum(c, env)) if sharded else None, sync_every=sync_every)
+                         sync=(lambda c: distributed.all_reduce_sum(c, env)) if sharded else None, sync_every=sync_every)
     if env is not None:
-        counts = parallel.all_reduce_sum(counts, env)
+        counts = distributed.all_reduce_sum(counts, env)
     ranks = counts.cpu() + 1
     ranks[torch.as_tensor(masked_target)] = cap + 1
     return metric_values(ranks, torch.as_tensor(pair_rows), len(rows), ks, hitrate)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from distrec.topk import NONE, Csr, TopK, merge_best
+from distrec.serve.topk import Csr, NONE, TopK, merge_best
 
 KINDS = ("ivf", "hnsw")
 

@@ -21,11 +21,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
-ROOT = Path(__file__).resolve().parents[1]  # the repository root: relative paths in configs start here
+ROOT = Path(__file__).resolve().parents[2]  # the repository root: relative paths in configs start here
 POLL_S = 0.2
 STDERR_TAIL_LINES = 40
 KILL_GRACE_S = 5.0
-LIVE = Path("attempts") / "live"  # distrec.rundir.LIVE: where a run in progress writes (stdlib-only module)
+LIVE = Path("attempts") / "live"  # distrec.run.rundir.LIVE: where a run in progress writes (stdlib-only module)
 
 OnMetrics = Callable[[dict[str, Any]], bool]
 
@@ -88,7 +88,7 @@ def launch(
     run_dir = Path(run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     # A run writes into run_dir/attempts/live and publishes metrics.json only when it succeeds
-    # (distrec.rundir): an earlier run's result must not pass for this one's, so it counts
+    # (distrec.run.rundir): an earlier run's result must not pass for this one's, so it counts
     # only if this launch exited 0 and the file is new.
     before = _stamp(run_dir / "metrics.json")
     argv = command(config, overrides, nproc, run_dir)
