@@ -17,7 +17,7 @@ SHARDING_TYPES = ("table_wise", "row_wise", "column_wise", "data_parallel")
 OPTIMIZERS = ("row_wise_adagrad", "adagrad", "sgd", "adam")
 LOSSES = ("bpr", "mrl", "softmax")
 SAMPLERS = ("uniform", "dns", "mns")
-RESUME_MODES = ("auto", "never", "must")  # train.resume (train.prepare_resume)
+RESUME_MODES = ("auto", "never", "must")  # train.resume (run.checkpoint_manager.prepare_resume)
 # "synthetic" and the formats of ingest.READERS (listed here: config.py must not import pyarrow;
 # tests/unit/test_formats.py checks that the two agree).
 DATA_FORMATS = ("synthetic", "user_lines", "log", "parquet", "recbole")
@@ -283,7 +283,7 @@ class TrainConfig:
     # MovieLens-100K (76 pairs per user), and with nu = 0.65 the same l2 serves both
     # (losses.frequency_l2, docs/results.md §8). Items keep the per-occurrence L2.
     l2_user_exponent: float = 1.0
-    # Weight of the whole-catalogue term (losses.gramian_penalty, as in iALS): the mean squared
+    # Weight of the whole-catalogue term (losses.gramian_user_term / gramian_item_term, as in iALS): the mean squared
     # score over every item, at every level, once per user per epoch (each of a user's pairs
     # carries 1 / its pair count). Looks the whole item table up every train.gramian_every
     # steps (0 = off).

@@ -62,19 +62,6 @@ def pairwise_loss(
     raise ValueError(f"unknown loss {kind!r}")
 
 
-def gramian_penalty(u: torch.Tensor, items: torch.Tensor, levels: tuple[int, ...], weights: tuple[float, ...]) -> torch.Tensor:
-    """Whole-catalogue term per user `[B]`: sum_l w_l * mean over ALL items i of <u[:d_l], v_i[:d_l]>^2.
-
-    As in iALS, every unobserved item is pushed towards score 0, not only sampled ones, at the
-    cost of one d x d Gramian: sum_i <u, v_i>^2 = u^T (V^T V) u, and every matryoshka prefix's
-    Gramian is the top-left block of the full one, so all levels share it. `items [I, D]` must be
-    the whole table (gradients reach every row).
-    """
-    gram = items.T @ items  # [D, D]
-    total = u.new_zeros(u.shape[0])
-    for d, w in zip(levels, weights):
-        total = total + w * ((u[:, :d] @ gram[:d, :d]) * u[:, :d]).sum(dim=1)
-    return total / items.shape[0]
 
 
 def gramian_mask(levels: tuple[int, ...], weights: tuple[float, ...]) -> torch.Tensor:
@@ -88,7 +75,7 @@ def gramian_mask(levels: tuple[int, ...], weights: tuple[float, ...]) -> torch.T
 
 def gramian_user_term(u: torch.Tensor, gram: torch.Tensor, mask: torch.Tensor, num_items: int) -> torch.Tensor:
     """The whole-catalogue term per user `[B]` with the item Gramian `gram [D, D]` held fixed:
-    u^T (M * G) u / I, gramian_penalty's value and its gradient for the users. Pass G detached:
+    u^T (M * G) u / I, the whole-catalogue term's value and its gradient for the users. Pass G detached:
     the items' share of the gradient is `gramian_item_term`'s."""
     return ((u @ (mask * gram)) * u).sum(dim=1) / num_items
 
@@ -99,7 +86,7 @@ def gramian_item_term(u: torch.Tensor, scale: torch.Tensor | None, gram: torch.T
     with the users held fixed, written as sum(M * S * G) / I over S = sum_b scale_b u_b u_b^T, so
     its gradient for every item row (2 V (M * S) / I) costs one D x D matrix, whatever the batch.
 
-    With `gramian_user_term` on G detached, the two gradients sum to gramian_penalty's."""
+    With `gramian_user_term` on G detached, the two gradients sum to the term's (tests/reference.py: gramian_penalty, the per-level formula)."""
     u = u.detach()
     s = (u * scale[:, None]).T @ u if scale is not None else u.T @ u
     return (mask * s * gram).sum() / num_items
@@ -224,25 +211,6 @@ def sampled_softmax_from_scores(
     return F.softplus(log_neg - s_pos)
 
 
-def sampled_softmax(
-    user: torch.Tensor,
-    pos: torch.Tensor,
-    negs: torch.Tensor,
-    beta: float = 0.0,
-    neg_log_q: torch.Tensor | None = None,
-    pos_id: torch.Tensor | None = None,
-    neg_ids: torch.Tensor | None = None,
-    pos_log_q: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Per-sample sampled softmax (IHN when beta > 0): `user [B, D]`, `pos [B, D]`, and
-    negatives `negs [N, D]` shared by the whole batch -> `[B]`.
-
-    Pass both `pos_id [B]` and `neg_ids [N]` to drop accidental hits (a negative equal to the
-    row's positive); the reference code keeps them. See `sampled_softmax_from_scores`.
-    """
-    s_pos = (user * pos).sum(dim=-1)
-    s_neg = user @ negs.T
-    return sampled_softmax_from_scores(s_pos, s_neg, beta, neg_log_q, pos_log_q, _hits(pos_id, neg_ids))
 
 
 def _hits(pos_id: torch.Tensor | None, neg_ids: torch.Tensor | None) -> torch.Tensor | None:
@@ -383,7 +351,7 @@ def routing_regularization(attn: torch.Tensor, mask: torch.Tensor) -> torch.Tens
     Scaling: the reference divides C by the embedding size d (so the value by d^2) and SUMS over
     the batch, while its softmax loss is a batch mean; its lambda = 100 is for that scaling.
     Here the caller takes the batch mean like every other loss, so lambda * mean_b(this) equals
-    the reference's term when lambda = lambda_ref * B / d^2 (`reference_rr_weight`; 3.125 for
+    the reference's term when lambda = lambda_ref * B / d^2 (tests/reference.py: `reference_rr_weight`; 3.125 for
     lambda_ref = 100, B = 128, d = 64). That keeps the regulariser's weight independent of the
     batch size, which the reference's sum does not.
     """
@@ -394,10 +362,6 @@ def routing_regularization(attn: torch.Tensor, mask: torch.Tensor) -> torch.Tens
     return var.pow(2).sum(dim=-1)
 
 
-def reference_rr_weight(lambda_ref: float = 100.0, batch_size: int = 128, dim: int = 64) -> float:
-    """Weight on the batch mean of `routing_regularization` that reproduces the REMI reference's
-    `lambda_ref * sum_b ||diag(C_b / dim)||^2` at the reference's batch size."""
-    return lambda_ref * batch_size / dim**2
 
 
 def routing_diagnostics(attn: torch.Tensor, mask: torch.Tensor, collapse_at: float = 0.9) -> dict:

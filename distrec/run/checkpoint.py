@@ -62,32 +62,6 @@ def restore(model: nn.Module, snap: dict[str, list[torch.Tensor]]) -> None:
             live.copy_(saved)
 
 
-@torch.no_grad()
-def load_full_tables(model: nn.Module, full: dict[str, torch.Tensor]) -> None:
-    """Write whole tables into a sharded model: `full` maps a table name (e.g. "item") to its
-    `[rows, D]` weights; each rank copies the block that its local shards cover.
-
-    For warm starts from exported embeddings and for tests that give every world size the
-    same weights.
-    """
-    found = set()
-    for key, value in model.state_dict().items():
-        table = key.rsplit(".", 2)[-2] if key.endswith(".weight") else None
-        if table not in full:
-            continue
-        found.add(table)
-        src = full[table]
-        if isinstance(value, ShardedTensor):
-            for shard in value.local_shards():
-                (r0, c0), (nr, nc) = shard.metadata.shard_offsets, shard.metadata.shard_sizes
-                shard.tensor.copy_(src[r0 : r0 + nr, c0 : c0 + nc])
-        else:
-            value.copy_(src)
-    missing = set(full) - found
-    if missing:
-        raise KeyError(f"no table named {sorted(missing)} in the model")
-
-
 def save(path: Path, model: nn.Module, dense_opts: list, env, extra: dict) -> None:
     """A resumable checkpoint: every rank's shards and fused-optimizer state (DCP), the dense
     optimizers and `extra` (loop state). Written to `<path>.tmp` and swapped in only when

@@ -48,3 +48,12 @@ def stop() -> logging.Logger:
         log.removeHandler(handler)
         handler.close()
     return log
+
+
+def metrics_table(metrics: dict, heading: str) -> str:
+    """`metrics` ({dim: {name: value}}) as aligned rows under `heading`: one log record, so that
+    the rows stay aligned under the heading's time stamp."""
+    names = list(next(iter(metrics.values())))
+    rows = [heading, "dim  " + " ".join(f"{n:>10}" for n in names)]
+    rows += [f"{dim:>3}  " + " ".join(f"{row[n]:10.4f}" for n in names) for dim, row in metrics.items()]
+    return "\n".join(rows)

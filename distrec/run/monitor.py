@@ -54,7 +54,7 @@ class Scalars:
         self._purge[phase] = epoch + 1
 
     def epoch(self, record: dict, samples_per_second: float) -> None:
-        """The scalars of one epoch's record (train.fit's, as in metrics.jsonl)."""
+        """The scalars of one epoch's record (run.loop.fit's, as in metrics.jsonl)."""
         writer = self._writer(record["phase"])
         if writer is None:
             return

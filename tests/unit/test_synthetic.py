@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 
@@ -25,10 +23,9 @@ def check_exact(cfg: SyntheticConfig) -> tuple[np.ndarray, np.ndarray]:
     return users, items
 
 
-def test_tiny_is_exact_and_fast():
-    start = time.perf_counter()
+def test_tiny_is_exact():
+    # How fast the generator is belongs to scripts/bench_scale.py (data seconds), not to a test.
     check_exact(SyntheticConfig(preset="tiny"))
-    assert time.perf_counter() - start < 1.0
     assert PRESETS["tiny"]["num_interactions"] == 6_000
 
 
