@@ -9,7 +9,7 @@ import types
 import typing
 from typing import Any
 
-from distrec.config.reads import text as _text
+from distrec.config.reads import text as _text, use_of
 from distrec.config.schema import CHOICES, Config
 
 
@@ -29,6 +29,9 @@ def describe() -> list[str]:
                 walk(hints[f.name], key + ".", getattr(default, f.name))
                 continue
             meaning = meanings.get(f.name, "")
+            use = use_of(key)
+            if use is not None and use.key == key:  # sections say it on their own line
+                meaning += f" (read only with {use.where})"
             if key in CHOICES:
                 meaning += f" [{' | '.join(CHOICES[key])}]"
             lines.append(f"  {key} ({_type_name(hints[f.name])}, {_text(getattr(default, f.name))}): {meaning}")

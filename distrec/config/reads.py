@@ -5,13 +5,11 @@ data.format=synthetic) is an error, so that no setting is silently ignored. Impo
 from __future__ import annotations
 
 import dataclasses
+import typing
 from collections.abc import Callable
 from typing import Any
 
-from distrec.config.schema import Config, ConfigError
-
-_ANY = object()  # Use.as_if when no value of the key is what the run does anyway
-
+from distrec.config.schema import ANY_VALUE, Config, ConfigError
 
 @dataclasses.dataclass(frozen=True)
 class Use:
@@ -23,86 +21,27 @@ class Use:
     decided_by: tuple[str, ...]
     reads: Callable[[Config], bool]
     where: str
-    as_if: Any = _ANY
+    as_if: Any = ANY_VALUE
 
 
-def _mf(c: Config) -> bool:
-    return c.model.task == "mrl4rec"
+def _uses(cls: type, prefix: str) -> list[Use]:
+    """The `read_when` declarations of `cls`'s fields (schema.py), sections included, in order."""
+    out = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        key, section = prefix + f.name, dataclasses.is_dataclass(hints[f.name])
+        when = f.metadata.get("read_when")
+        if when is not None:
+            where = when.where + (f" ({f.metadata['why']})" if f.metadata["why"] else "")
+            out.append(Use(key + "." if section else key, when.decided_by, when.test, where, f.metadata["as_if"]))
+        if section:
+            out += _uses(hints[f.name], key + ".")
+    return out
 
 
-def _multi(c: Config) -> bool:
-    return c.model.task == "multi_interest"
-
-
-def _pairwise(c: Config) -> bool:
-    return _mf(c) and c.train.loss != "softmax"
-
-
-_FILES = ("data.format",)
-_TASK = ("model.task",)
-_ROUTER = ("model.task", "model.router")
-_SAMPLING = ("model.task", "train.loss", "train.sampler")
-MF_ONLY = "model.task=mrl4rec"
-MULTI_ONLY = "model.task=multi_interest"
-# Worked out from the code that reads each key: data/dataset.py and data/ingest.py (mrl4rec data),
-# data/sequences.py (multi_interest data), workload.py, model.py, multi_interest.py, towers.py,
-# samplers.py, embeddings.py, evaluate.py. A key not listed here is read by every run.
-USES = (
-    Use("data.train", _FILES, lambda c: c.data.format != "synthetic", "data.format=user_lines, log, parquet, recbole"),
-    Use("data.test", _FILES, lambda c: c.data.format != "synthetic", "data.format=user_lines, log, parquet, recbole"),
-    Use("data.delimiter", _FILES, lambda c: c.data.format == "log", "data.format=log"),
-    Use("data.header", _FILES, lambda c: c.data.format == "log", "data.format=log"),
-    Use("data.synthetic.", _FILES, lambda c: c.data.format == "synthetic", "data.format=synthetic"),
-    Use("data.test_fraction", ("model.task", "data.test"), lambda c: _mf(c) and c.data.test is None,
-        "model.task=mrl4rec without a data.test file (it is the share of the per-user random split)"),
-    Use("data.valid_fraction", _TASK, _mf, MF_ONLY + " (multi_interest splits users by data.sequence.split)"),
-    Use("data.cache_dir", _TASK, _mf, MF_ONLY),
-    Use("data.cold_test_users", ("model.task", "data.test"), lambda c: _mf(c) and c.data.test is not None,
-        "model.task=mrl4rec with a data.test file"),
-    Use("data.sequence.", _TASK, _multi, MULTI_ONLY),
-    Use("model.user_sharding", _TASK, _mf, MF_ONLY + " (multi_interest has no user table)"),
-    Use("model.num_interests", _TASK, _multi, MULTI_ONLY, as_if=1),
-    Use("model.router", _TASK, _multi, MULTI_ONLY),
-    Use("model.hidden_factor", _ROUTER, lambda c: _multi(c) and c.model.router == "self_attentive",
-        "model.task=multi_interest with model.router=self_attentive"),
-    Use("model.positional", _ROUTER, lambda c: _multi(c) and c.model.router == "self_attentive",
-        "model.task=multi_interest with model.router=self_attentive"),
-    Use("model.num_blocks", _ROUTER, lambda c: _multi(c) and c.model.router == "sasrec",
-        "model.task=multi_interest with model.router=sasrec"),
-    Use("model.num_heads", _ROUTER, lambda c: _multi(c) and c.model.router == "sasrec",
-        "model.task=multi_interest with model.router=sasrec"),
-    Use("model.dropout", _ROUTER, lambda c: _multi(c) and c.model.router != "capsule",
-        "model.task=multi_interest with model.router=sasrec or self_attentive"),
-    Use("train.sampler", ("model.task", "train.loss"), _pairwise, "model.task=mrl4rec with train.loss=bpr or mrl"),
-    Use("train.num_negs", _SAMPLING, lambda c: _pairwise(c) and c.train.sampler != "uniform",
-        "model.task=mrl4rec with train.loss=bpr or mrl and train.sampler=dns or mns"),
-    Use("train.mns_pool", _SAMPLING, lambda c: _pairwise(c) and c.train.sampler == "mns",
-        "model.task=mrl4rec with train.loss=bpr or mrl and train.sampler=mns"),
-    Use("train.l2", _TASK, _mf, MF_ONLY, as_if=0.0),
-    Use("train.l2_per_level", _TASK, _mf, MF_ONLY),
-    Use("train.l2_user_exponent", _TASK, _mf, MF_ONLY, as_if=1.0),
-    Use("train.gramian", _TASK, _mf, MF_ONLY, as_if=0.0),
-    Use("train.gramian_every", ("model.task", "train.gramian"), lambda c: _mf(c) and c.train.gramian > 0,
-        "model.task=mrl4rec with train.gramian > 0", as_if=1),
-    Use("train.refit", _TASK, _mf, MF_ONLY, as_if=False),
-    # Not tied to train.refit: a search turns the refit off in its trials and on in its final run.
-    Use("train.refit_from", _TASK, _mf, MF_ONLY),
-    Use("train.refit_alongside", ("model.task", "train.refit_from"), lambda c: _mf(c) and c.train.refit_from == "scratch",
-        "model.task=mrl4rec with train.refit_from=scratch"),
-    Use("train.refit_epochs", ("model.task", "train.refit_from"), lambda c: _mf(c) and c.train.refit_from == "selected",
-        "model.task=mrl4rec with train.refit_from=selected"),
-    Use("train.eps", ("train.optimizer",), lambda c: c.train.optimizer != "sgd",
-        "train.optimizer=row_wise_adagrad, adagrad, adam"),
-    Use("train.num_sampled", ("train.loss",), lambda c: c.train.loss == "softmax", "train.loss=softmax"),
-    Use("train.ihn_beta", ("train.loss",), lambda c: c.train.loss == "softmax", "train.loss=softmax", as_if=0.0),
-    Use("train.neg_distribution", _TASK, _multi, MULTI_ONLY + " (mrl4rec's softmax draws uniformly)", as_if="uniform"),
-    Use("train.gather_negatives", _TASK, _multi, MULTI_ONLY, as_if=False),
-    Use("train.rr_lambda", _TASK, _multi, MULTI_ONLY, as_if=0.0),
-    Use("train.dense_optimizer", _TASK, _multi, MULTI_ONLY + " (the routing tower; mrl4rec has no dense layers)"),
-    Use("train.dense_lr", _TASK, _multi, MULTI_ONLY + " (the routing tower; mrl4rec has no dense layers)"),
-    Use("eval.mask_history", _TASK, _multi, MULTI_ONLY + " (mrl4rec always masks a user's training items)",
-        as_if=True),
-)
+# Every key that only some runs read, from the declarations beside the keys; a key not listed
+# here is read by every run.
+USES = tuple(_uses(Config, ""))
 
 
 def get(cfg: Any, key: str) -> Any:
@@ -122,10 +61,10 @@ def unused(cfg: Config, key: str) -> str | None:
     if use is None or use.reads(cfg):
         return None
     value = get(cfg, key)
-    if value == get(Config(), key) or (use.as_if is not _ANY and value == use.as_if):
+    if value == get(Config(), key) or (use.as_if is not ANY_VALUE and value == use.as_if):
         return None  # the default, or what the run does anyway: asks for nothing that is not done
     setup = ", ".join(f"{d}={text(get(cfg, d))}" for d in use.decided_by)
-    hint = f" (or set it to {text(use.as_if)})" if use.as_if is not _ANY else ""
+    hint = f" (or set it to {text(use.as_if)})" if use.as_if is not ANY_VALUE else ""
     return f"{key} is read by {use.where}; this run has {setup}: remove {key}{hint}"
 
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
+from typing import Any
 
 
 class ConfigError(ValueError):
@@ -47,6 +49,73 @@ CHOICES = {
     "train.dense_optimizer": ("adam", "adagrad", "sgd"),
     "train.resume": RESUME_MODES,
 }
+
+
+# ------------------------------------------------------------------ which keys a run reads
+# A key that only some runs read says so where it is defined: `read_when(WHEN, default)`.
+# config/reads.py turns a setting that the run would not read into an error naming the key.
+
+ANY_VALUE = object()  # read_when's as_if when no value of the key is what the other runs do anyway
+
+
+@dataclasses.dataclass(frozen=True)
+class When:
+    """A setup: `test(cfg)` says whether a run has it, `decided_by` are the keys that decide it,
+    `where` says it in words (for the error)."""
+
+    decided_by: tuple[str, ...]
+    test: Callable[[Any], bool]
+    where: str
+
+
+def read_when(when: When, default: Any = dataclasses.MISSING, *, default_factory: Any = dataclasses.MISSING,
+              as_if: Any = ANY_VALUE, why: str = "") -> Any:
+    """A field read only by runs with setup `when`. The others behave as if it were `as_if`
+    (when some value is: setting it to that is accepted); `why` is added to the error."""
+    return dataclasses.field(default=default, default_factory=default_factory,
+                             metadata={"read_when": when, "as_if": as_if, "why": why})
+
+
+def _mf(c) -> bool:
+    return c.model.task == "mrl4rec"
+
+
+def _multi(c) -> bool:
+    return c.model.task == "multi_interest"
+
+
+def _pairwise(c) -> bool:
+    return _mf(c) and c.train.loss != "softmax"
+
+
+FILES = When(("data.format",), lambda c: c.data.format != "synthetic", "data.format=user_lines, log, parquet, recbole")
+LOG = When(("data.format",), lambda c: c.data.format == "log", "data.format=log")
+SYNTHETIC = When(("data.format",), lambda c: c.data.format == "synthetic", "data.format=synthetic")
+MF = When(("model.task",), _mf, "model.task=mrl4rec")
+MULTI = When(("model.task",), _multi, "model.task=multi_interest")
+MF_SPLIT = When(("model.task", "data.test"), lambda c: _mf(c) and c.data.test is None,
+                "model.task=mrl4rec without a data.test file")
+MF_TEST_FILE = When(("model.task", "data.test"), lambda c: _mf(c) and c.data.test is not None,
+                    "model.task=mrl4rec with a data.test file")
+SELF_ATTENTIVE = When(("model.task", "model.router"), lambda c: _multi(c) and c.model.router == "self_attentive",
+                      "model.task=multi_interest with model.router=self_attentive")
+SASREC = When(("model.task", "model.router"), lambda c: _multi(c) and c.model.router == "sasrec",
+              "model.task=multi_interest with model.router=sasrec")
+ATTENTION = When(("model.task", "model.router"), lambda c: _multi(c) and c.model.router != "capsule",
+                 "model.task=multi_interest with model.router=sasrec or self_attentive")
+PAIRWISE = When(("model.task", "train.loss"), _pairwise, "model.task=mrl4rec with train.loss=bpr or mrl")
+HARD_NEGATIVES = When(("model.task", "train.loss", "train.sampler"), lambda c: _pairwise(c) and c.train.sampler != "uniform",
+                      "model.task=mrl4rec with train.loss=bpr or mrl and train.sampler=dns or mns")
+MNS = When(("model.task", "train.loss", "train.sampler"), lambda c: _pairwise(c) and c.train.sampler == "mns",
+           "model.task=mrl4rec with train.loss=bpr or mrl and train.sampler=mns")
+GRAMIAN = When(("model.task", "train.gramian"), lambda c: _mf(c) and c.train.gramian > 0,
+               "model.task=mrl4rec with train.gramian > 0")
+REFIT_SCRATCH = When(("model.task", "train.refit_from"), lambda c: _mf(c) and c.train.refit_from == "scratch",
+                     "model.task=mrl4rec with train.refit_from=scratch")
+REFIT_SELECTED = When(("model.task", "train.refit_from"), lambda c: _mf(c) and c.train.refit_from == "selected",
+                      "model.task=mrl4rec with train.refit_from=selected")
+ADAPTIVE = When(("train.optimizer",), lambda c: c.train.optimizer != "sgd", "train.optimizer=row_wise_adagrad, adagrad, adam")
+SOFTMAX = When(("train.loss",), lambda c: c.train.loss == "softmax", "train.loss=softmax")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -139,25 +208,25 @@ class DataConfig:
     format: str = "synthetic"  # synthetic, user_lines, log, parquet, recbole (README "Data")
     # user_lines: train file; log: the interaction log; parquet: a file or a directory of
     # *.parquet files, read as one data set; recbole: an .inter file or a directory of them.
-    train: str | None = None
+    train: str | None = read_when(FILES, None)
     # user_lines: the test file (required); log / parquet / recbole: optional test file in the
     # same format (then no random split; data.test_fraction is not used).
-    test: str | None = None
+    test: str | None = read_when(FILES, None)
     columns: ColumnsConfig = dataclasses.field(default_factory=ColumnsConfig)  # parquet / recbole
     # Keep interactions with rating >= min_rating (log: the 3rd column; parquet / recbole: the
     # rating column); None: the rating is neither read nor used.
     min_rating: float | None = None
-    delimiter: str | None = None  # log: one of tab, comma, pipe, space; None = detect
-    header: bool | None = None  # log: None = detect (a first line that is not numeric)
-    test_fraction: float = 0.2  # log: per-user random split
-    valid_fraction: float = 0.1  # share of each user's training items held out for validation
+    delimiter: str | None = read_when(LOG, None)  # log: one of tab, comma, pipe, space; None = detect
+    header: bool | None = read_when(LOG, None)  # log: None = detect (a first line that is not numeric)
+    test_fraction: float = read_when(MF_SPLIT, 0.2, why="it is the share of the per-user random split")  # log: per-user random split
+    valid_fraction: float = read_when(MF, 0.1, why="multi_interest splits users by data.sequence.split")  # share of each user's training items held out for validation
     seed: int = 2022  # seed of the train / valid / test splits
-    cache_dir: str | None = None  # Parquet dataset; None = <run_dir>/data
+    cache_dir: str | None = read_when(MF, None)  # Parquet dataset; None = <run_dir>/data
     # user_lines: a test user without training items is an error, or dropped with a count
     # (amazon-phones has 4 such users among 20,899 test users).
-    cold_test_users: str = "error"
-    synthetic: SyntheticConfig = dataclasses.field(default_factory=SyntheticConfig)  # data.format=synthetic
-    sequence: SequenceConfig = dataclasses.field(default_factory=SequenceConfig)  # model.task=multi_interest
+    cold_test_users: str = read_when(MF_TEST_FILE, "error")
+    synthetic: SyntheticConfig = read_when(SYNTHETIC, default_factory=SyntheticConfig)  # data.format=synthetic
+    sequence: SequenceConfig = read_when(MULTI, default_factory=SequenceConfig)  # model.task=multi_interest
 
     def __post_init__(self) -> None:
         _check_choice("data.format", self.format)
@@ -191,17 +260,17 @@ class ModelConfig:
     levels: tuple[int, ...] = (4, 8, 16, 32, 64)  # matryoshka prefix dimensions, increasing, ending at model.dim
     level_weights: tuple[float, ...] | None = None  # None = 1/L each
     collection: str = "bag"  # bag: EmbeddingBagCollection; sequence: EmbeddingCollection
-    user_sharding: str = "table_wise"  # how the user table is split over ranks (row_wise on CPU: collection=sequence)
+    user_sharding: str = read_when(MF, "table_wise", why="multi_interest has no user table")  # how the user table is split over ranks (row_wise on CPU: collection=sequence)
     item_sharding: str = "table_wise"  # how the item table is split over ranks
-    num_interests: int = 4  # multi_interest: K
-    router: str = "self_attentive"  # multi_interest: self_attentive (ComiRec-SA) or capsule (MIND-style)
-    hidden_factor: int = 4  # self_attentive: attention hidden size = hidden_factor * dim
-    positional: bool = True  # self_attentive: learnable positions added to the attention input
-    num_blocks: int = 2  # sasrec: self-attention blocks
-    num_heads: int = 1  # sasrec: attention heads (must divide model.dim)
+    num_interests: int = read_when(MULTI, 4, as_if=1)  # multi_interest: K
+    router: str = read_when(MULTI, "self_attentive")  # multi_interest: self_attentive (ComiRec-SA) or capsule (MIND-style)
+    hidden_factor: int = read_when(SELF_ATTENTIVE, 4)  # self_attentive: attention hidden size = hidden_factor * dim
+    positional: bool = read_when(SELF_ATTENTIVE, True)  # self_attentive: learnable positions added to the attention input
+    num_blocks: int = read_when(SASREC, 2)  # sasrec: self-attention blocks
+    num_heads: int = read_when(SASREC, 1)  # sasrec: attention heads (must divide model.dim)
     # sasrec: on the input, attention weights and feed-forward outputs (default 0.2);
     # self_attentive: on the history embeddings while training (default 0, as in ComiRec / REMI)
-    dropout: float | None = None
+    dropout: float | None = read_when(ATTENTION, None)
 
     @property
     def router_dropout(self) -> float:
@@ -266,48 +335,48 @@ class TrainConfig:
     epochs: int = 30  # most epochs to train (early stopping may end sooner)
     batch_size: int = 2048  # global: split evenly over ranks
     loss: str = "mrl"  # mrl (level-weighted pairwise), bpr, or softmax (matryoshka sampled softmax)
-    sampler: str = "mns"  # hard negatives for bpr / mrl: uniform, dns (dynamic), mns (matryoshka, one per level)
-    num_negs: int = 16  # candidates per hard negative (DNS / MNS)
-    mns_pool: str = "per_level"  # per_level: a fresh block of candidates per level (paper); shared
+    sampler: str = read_when(PAIRWISE, "mns")  # hard negatives for bpr / mrl: uniform, dns (dynamic), mns (matryoshka, one per level)
+    num_negs: int = read_when(HARD_NEGATIVES, 16)  # candidates per hard negative (DNS / MNS)
+    mns_pool: str = read_when(MNS, "per_level")  # per_level: a fresh block of candidates per level (paper); shared
     optimizer: str = "row_wise_adagrad"  # of the embedding tables, fused into the backward pass (adam: GPU only)
     lr: float = 0.2  # tuned for row-wise Adagrad on Amazon-Phones (docs/results.md)
-    eps: float = 1e-8  # epsilon of the Adagrad / Adam updates
-    l2: float = 0.02  # on the batch embeddings (as in common BPR code), tuned with lr
+    eps: float = read_when(ADAPTIVE, 1e-8)  # epsilon of the Adagrad / Adam updates
+    l2: float = read_when(MF, 0.02, as_if=0.0)  # on the batch embeddings (as in common BPR code), tuned with lr
     # Weight each coordinate's L2 like the levels that use it (losses.level_l2_weights); false
     # is the uniform L2 of the MRL4Rec reference code, which starves the last block.
-    l2_per_level: bool = True
+    l2_per_level: bool = read_when(MF, True)
     # Frequency-aware user L2 (the exponent nu of iALS++'s lambda * |I_u|^nu, Rendle et al.
     # 2022): each time a user is in the loss, its L2 is l2 * n_u^(nu - 1), n_u = its training
     # pairs, so its L2 per epoch is l2 * n_u^nu. 1: the plain per-pair L2. Below 1, users with
     # many pairs are held back less per pair: the Phones l2 of 0.05 per pair collapsed
     # MovieLens-100K (76 pairs per user), and with nu = 0.65 the same l2 serves both
     # (losses.frequency_l2, docs/results.md §8). Items keep the per-occurrence L2.
-    l2_user_exponent: float = 1.0
+    l2_user_exponent: float = read_when(MF, 1.0, as_if=1.0)
     # Weight of the whole-catalogue term (losses.gramian_user_term / gramian_item_term, as in iALS): the mean squared
     # score over every item, at every level, once per user per epoch (each of a user's pairs
     # carries 1 / its pair count). Looks the whole item table up every train.gramian_every
     # steps (0 = off).
-    gramian: float = 0.0
+    gramian: float = read_when(MF, 0.0, as_if=0.0)
     # Steps between the whole-catalogue term's item updates. The users get its exact gradient
     # every step (the item Gramian is read from the local shards, no lookup); every k-th step
     # also looks every item up and updates it with that batch's share times (steps / updating
     # steps) of the epoch, about k: the same in expectation over the shuffled batches. 1: every step, as in iALS. The lookup and the
     # update of every item row were half of a Phones step at batch 2,048 (docs/results.md §8).
-    gramian_every: int = 1
+    gramian_every: int = read_when(GRAMIAN, 1, as_if=1)
     seed: int = 2022  # seed of initial weights, negative draws and batch order
     # After early stopping, train a fresh model on train + validation for the selected number
     # of epochs and test that one (the validation split then only picks the epoch count).
-    refit: bool = False
+    refit: bool = read_when(MF, False, as_if=False)
     # scratch: the refit is a fresh model trained for the selected number of epochs (doubles the
     # cost). selected: the selected model goes on for train.refit_epochs epochs on train +
     # validation: every pair seen at a fraction of the cost, but on Phones 0.0024 (12 epochs) to
     # 0.0045 (4 epochs) test R@20 below the fresh refit (docs/results.md §8).
-    refit_from: str = "scratch"
-    refit_epochs: int = 4  # refit_from=selected: epochs on train + validation after selection
+    refit_from: str = read_when(MF, "scratch")
+    refit_epochs: int = read_when(REFIT_SELECTED, 4)  # refit_from=selected: epochs on train + validation after selection
     # auto: a refit from scratch trains beside the selection, epoch for epoch in a second thread
     # (each on half of the process's threads), when the run is one process with 2+ threads: the
     # same tested model in about the selection's time instead of twice it. never: after it.
-    refit_alongside: str = "auto"
+    refit_alongside: str = read_when(REFIT_SCRATCH, "auto")
     checkpoint_every: int = 0  # epochs between resumable checkpoints in <run_dir>/checkpoint (0 = off)
     # Mid-epoch checkpoints: after every N-th training step / the first step M minutes after the
     # previous checkpoint (0 = off). A resumed run continues at exactly the next batch. SIGTERM
@@ -318,13 +387,13 @@ class TrainConfig:
     # start afresh otherwise; never: always afresh (an old checkpoint is deleted); must: resume or stop.
     resume: str = "auto"
     # loss=softmax: negatives shared by a rank's local batch
-    num_sampled: int = 0  # 0 = 10 x the local batch size; >= the item count: every item (exact softmax)
-    neg_distribution: str = "uniform"  # uniform, or log_uniform (popularity rank) with logQ correction
-    gather_negatives: bool = False  # widen each rank's pool with every rank's negatives
-    ihn_beta: float = 0.0  # interest-aware hard negatives; 0 = plain sampled softmax
-    rr_lambda: float = 0.0  # routing regularisation weight (per-user mean scaling, see losses.py)
-    dense_optimizer: str = "adam"  # for the routing tower (dense, DDP); Adam runs on CPU for dense tensors
-    dense_lr: float = 1e-3  # learning rate of train.dense_optimizer
+    num_sampled: int = read_when(SOFTMAX, 0)  # 0 = 10 x the local batch size; >= the item count: every item (exact softmax)
+    neg_distribution: str = read_when(MULTI, "uniform", as_if="uniform", why="mrl4rec's softmax draws uniformly")  # uniform, or log_uniform (popularity rank) with logQ correction
+    gather_negatives: bool = read_when(MULTI, False, as_if=False)  # widen each rank's pool with every rank's negatives
+    ihn_beta: float = read_when(SOFTMAX, 0.0, as_if=0.0)  # interest-aware hard negatives; 0 = plain sampled softmax
+    rr_lambda: float = read_when(MULTI, 0.0, as_if=0.0)  # routing regularisation weight (per-user mean scaling, see losses.py)
+    dense_optimizer: str = read_when(MULTI, "adam", why="the routing tower; mrl4rec has no dense layers")  # for the routing tower (dense, DDP); Adam runs on CPU for dense tensors
+    dense_lr: float = read_when(MULTI, 1e-3, why="the routing tower; mrl4rec has no dense layers")  # learning rate of train.dense_optimizer
 
     def __post_init__(self) -> None:
         _check_choice("train.loss", self.loss)
@@ -369,7 +438,7 @@ class EvalConfig:
     select_metric: str = "recall@20"  # at full dimension, on validation
     track_test: bool = False  # also evaluate test at every evaluation (reporting only, never selection)
     chunk_mb: float = 256.0  # score-matrix memory per block of users
-    mask_history: bool = True  # multi_interest: mask every item of the user's history part
+    mask_history: bool = read_when(MULTI, True, as_if=True, why="mrl4rec always masks a user's training items")  # multi_interest: mask every item of the user's history part
     # Validate on a fixed, seeded sample of this many users (None: all of them); the metrics
     # then carry their standard error ("<metric>_se"). Test always scores every user.
     valid_users: int | None = None

@@ -262,3 +262,26 @@ def test_a_config_files_data_paths_start_from_the_file_and_overrides_from_the_wo
     # The shipped configs name ../../shared/data from configs/: the same files from any directory.
     phones = config.load(ROOT / "configs" / "mrl4rec_phones.yaml")
     assert phones.data.train == str((ROOT.parent / "shared" / "data" / "amazon-phones" / "train.txt").resolve())
+
+
+def test_which_keys_a_run_reads_is_declared_beside_the_key():
+    # A key declared with read_when is checked with no table to edit elsewhere: the declaration
+    # is all config/reads.py needs, and the resulting error names the key and its setup.
+    import dataclasses
+
+    from distrec.config import reads, schema
+
+    @dataclasses.dataclass(frozen=True, kw_only=True)
+    class Section:
+        knob: int = schema.read_when(schema.MULTI, 3, as_if=0)
+        always: int = 1
+
+    (use,) = reads._uses(Section, "train.")
+    assert (use.key, use.decided_by, use.where, use.as_if) == ("train.knob", ("model.task",), "model.task=multi_interest", 0)
+    declared = {u.key for u in config.USES}
+    fields = {f"{s}.{f.name}" for s, cls in (("data", config.DataConfig), ("model", config.ModelConfig),
+                                              ("train", config.TrainConfig), ("eval", config.EvalConfig))
+              for f in dataclasses.fields(cls) if "read_when" in f.metadata}
+    assert fields == {k.rstrip(".") for k in declared}
+    with pytest.raises(config.ConfigError, match="train.mns_pool is read by .*train.sampler=mns"):
+        config.load(None, ["train.sampler=uniform", "train.mns_pool=shared"])
