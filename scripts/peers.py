@@ -42,7 +42,7 @@ import torch
 from distrec import config
 from distrec.data import load_dataset
 from distrec.data.dataset import InteractionData
-from distrec.data.sequences import ranges
+from distrec.data.csr import ranges
 from distrec.distributed import ONE_PROCESS
 from distrec.eval.evaluate import evaluate
 

@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from distrec.config import DataConfig
-from distrec.data import ingest, synthetic
+from distrec.data import csr, ingest, synthetic
 from distrec.data.ingest import DataError, unique
 
 SPLITS = ("train", "valid", "test")  # their int8 codes in interactions.parquet are 0, 1, 2
@@ -79,9 +79,7 @@ class InteractionData:
     def csr(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         """(indptr int64 [num_users+1], items int64 [N_split]): user u's items are items[indptr[u]:indptr[u+1]]."""
         users, items = self.pairs(split)
-        indptr = np.zeros(self.num_users + 1, np.int64)
-        np.cumsum(np.bincount(users, minlength=self.num_users), out=indptr[1:])
-        return indptr, items
+        return csr.from_sorted_rows(users, items, self.num_users)
 
     def split_columns(self) -> dict[str, np.ndarray]:
         """Every pair once, as columns `user`, `item` and `split` (int8: 0 train, 1 validation,
@@ -167,8 +165,8 @@ def _from_train_test(cfg: DataConfig, drop_cold_test_users: bool) -> Interaction
             f"with a count in the data report"
         )
     test_users, test_items = test.users[~cold], test.items[~cold]
-    (train_u, test_u), user_raw = _contiguous([train.users, test_users], train.user_names)
-    (train_i, test_i), item_raw = _contiguous([train.items, test_items], train.item_names)
+    (train_u, test_u), user_raw = ingest.contiguous([train.users, test_users], train.user_names)
+    (train_i, test_i), item_raw = ingest.contiguous([train.items, test_items], train.item_names)
     num_items = item_raw.size
     train_keys, train_dups = _dedup(train_u * num_items + train_i)
     test_keys, test_dups = _dedup(test_u * num_items + test_i)
@@ -240,8 +238,8 @@ def _from_pairs(
     user_names: np.ndarray | None = None, item_names: np.ndarray | None = None, filtered: dict | None = None,
 ) -> InteractionData:
     """One pool of pairs, split per user into train and test; `filtered` counts pairs dropped before."""
-    (users,), user_raw = _contiguous([users], user_names)
-    (items,), item_raw = _contiguous([items], item_names)
+    (users,), user_raw = ingest.contiguous([users], user_names)
+    (items,), item_raw = ingest.contiguous([items], item_names)
     keys, dups = _dedup(users * item_raw.size + items)
     is_test = _holdout(keys, item_raw.size, user_raw.size, cfg.test_fraction, np.random.default_rng([cfg.seed, 1]))
     filtered = dict(filtered or {})
@@ -372,25 +370,6 @@ def _check_splits(cfg: DataConfig, report: dict, split_keys: dict[str, np.ndarra
             warnings.append(f"{single} of {num_users} users ({single / num_users:.1%}) have a single interaction: "
                             f"they are trained on but never tested")
     return warnings
-
-
-def _contiguous(raw: list[np.ndarray], names: np.ndarray | None = None) -> tuple[list[np.ndarray], np.ndarray]:
-    """Map raw ids to 0..K-1 by their sorted unique values over all arrays: (mapped arrays, raw ids [K]).
-
-    With `names` (sorted string ids), `raw` holds indices into it, so index order is string order,
-    and the raw ids returned are the names used.
-    """
-    values = np.concatenate(raw)
-    low, high = int(values.min()), int(values.max())
-    if high - low <= 4 * values.size + 1024:  # dense ids, the usual case: a lookup table, no sort
-        present = np.zeros(high - low + 1, bool)
-        present[values - low] = True
-        new_id = np.cumsum(present) - 1
-        mapped, ids = [new_id[r - low] for r in raw], np.flatnonzero(present) + low
-    else:
-        ids = unique(values)
-        mapped = [np.searchsorted(ids, r) for r in raw]
-    return mapped, ids if names is None else names[ids]
 
 
 def _dedup(keys: np.ndarray) -> tuple[np.ndarray, int]:

@@ -796,3 +796,22 @@ def unique(x: np.ndarray) -> np.ndarray:
     """Sorted unique values of int64 [n] `x`. np.unique is ~100x slower in numpy 2.4 (9 s on 9M ids)."""
     y = np.sort(x)
     return y[np.concatenate([[True], y[1:] != y[:-1]])] if y.size else y
+
+
+def contiguous(raw: list[np.ndarray], names: np.ndarray | None = None) -> tuple[list[np.ndarray], np.ndarray]:
+    """Map raw ids to 0..K-1 by their sorted unique values over all arrays: (mapped arrays, raw ids [K]).
+
+    With `names` (sorted string ids), `raw` holds indices into it, so index order is string order,
+    and the raw ids returned are the names used.
+    """
+    values = np.concatenate(raw)
+    low, high = int(values.min()), int(values.max())
+    if high - low <= 4 * values.size + 1024:  # dense ids, the usual case: a lookup table, no sort
+        present = np.zeros(high - low + 1, bool)
+        present[values - low] = True
+        new_id = np.cumsum(present) - 1
+        mapped, ids = [new_id[r - low] for r in raw], np.flatnonzero(present) + low
+    else:
+        ids = unique(values)
+        mapped = [np.searchsorted(ids, r) for r in raw]
+    return mapped, ids if names is None else names[ids]

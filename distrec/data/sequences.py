@@ -27,7 +27,8 @@ from pathlib import Path
 import numpy as np
 
 from distrec.config import ConfigError, DataConfig
-from distrec.data import ingest
+from distrec.data import csr, ingest
+from distrec.data.csr import ranges
 from distrec.data.dataset import MIN_TEST_USERS, raw_ids, require_pairs, unique
 from distrec.data.ingest import DataError
 
@@ -117,11 +118,7 @@ class SequenceData:
 
     def segments(self, users: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """CSR over rows j of seq[starts[j]:ends[j]] of user users[j]: (indptr [U+1], items), vectorised."""
-        count = ends - starts
-        indptr = np.zeros(users.size + 1, np.int64)
-        np.cumsum(count, out=indptr[1:])
-        at = np.repeat(self.seq_indptr[users] + starts, count) + ranges(count)
-        return indptr, self.seq_items[at]
+        return csr.gather(self.seq_items, self.seq_indptr[users] + starts, ends - starts)
 
 
 def history_windows(
@@ -193,8 +190,8 @@ def load_sequences(data_cfg: DataConfig, *, warn: Callable[[str], None] | None =
     times = log.timestamps if sort_by_time else None  # None also where time_ordered=None found no timestamp column
     users, items = log.users, log.items
 
-    user_ids, user_raw = _contiguous(users, log.user_names)
-    item_ids, item_raw = _contiguous(items, log.item_names)
+    (user_ids,), user_raw = ingest.contiguous([users], log.user_names)
+    (item_ids,), item_raw = ingest.contiguous([items], log.item_names)
     report = {
         "source": {"format": data_cfg.format, "path": str(path), "time_ordered": times is None},
         "lines": log.stats,
@@ -229,16 +226,15 @@ def load_sequences(data_cfg: DataConfig, *, warn: Callable[[str], None] | None =
                         + (f" after {key}.k_core={cfg.k_core}" if cfg.k_core else ""))
 
     users, items = users[keep], items[keep]
-    user_ids, user_raw = _contiguous(users, log.user_names)
-    item_ids, item_raw = _contiguous(items, log.item_names)
+    (user_ids,), user_raw = ingest.contiguous([users], log.user_names)
+    (item_ids,), item_raw = ingest.contiguous([items], log.item_names)
     if times is None:
         order = np.argsort(user_ids, kind="stable")  # within a user: file order
     else:
         by_time = np.argsort(times[keep], kind="stable")  # ties: file order
         order = by_time[np.argsort(user_ids[by_time], kind="stable")]
     num_users, num_items = int(user_raw.size), int(item_raw.size)
-    indptr = np.zeros(num_users + 1, np.int64)
-    np.cumsum(np.bincount(user_ids, minlength=num_users), out=indptr[1:])
+    indptr = csr.indptr(np.bincount(user_ids, minlength=num_users))
 
     # Rounded cumulative shares, so the three sizes always add up to num_users.
     bounds = np.round(np.cumsum(cfg.split)[:2] * num_users).astype(np.int64)
@@ -328,26 +324,6 @@ def _warnings(data: SequenceData, report: dict) -> list[str]:
         warnings.append(f"{repeated} of {targets.size} test targets ({repeated / targets.size:.1%}) repeat an item of "
                         f"the user's history: with eval.mask_history=true (the default) they can never be hit")
     return warnings
-
-
-def ranges(count: np.ndarray) -> np.ndarray:
-    """int64 [sum(count)]: 0..count[0]-1, 0..count[1]-1, ... concatenated."""
-    total = int(count.sum())
-    starts = np.cumsum(count) - count
-    return np.arange(total, dtype=np.int64) - np.repeat(starts, count)
-
-
-def _contiguous(raw: np.ndarray, names: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(ids int64 [P] in 0..K-1 by ascending raw id, raw ids [K]); with `names`, raw holds indices into them."""
-    low, high = int(raw.min()), int(raw.max())
-    if high - low <= 4 * raw.size + 1024:  # dense ids, the usual case: a lookup table, no sort
-        present = np.zeros(high - low + 1, bool)
-        present[raw - low] = True
-        ids, values = np.cumsum(present)[raw - low] - 1, np.flatnonzero(present) + low
-    else:
-        values = unique(raw)
-        ids = np.searchsorted(values, raw)
-    return ids, values if names is None else names[values]
 
 
 def _k_core(

@@ -19,12 +19,11 @@ import numpy as np
 import torch
 
 from distrec import distributed
-from distrec.data.sequences import ranges
+from distrec.data.csr import Csr, ranges
 from distrec.distributed import DistEnv
 from distrec.eval.ranking import SYNC_EVERY, count_above, level_scores
 from distrec.nn.embeddings import Tables, lookup_padded
 
-Csr = tuple[np.ndarray, np.ndarray]  # (indptr [U + 1], column ids)
 BLOCK_ITEMS = 1024  # items scored at once: 512-1024 measured fastest on a Books model (docs/benchmarks.md)
 
 

@@ -223,10 +223,11 @@ class SASRecEncoder(nn.Module):
         return x[rows, last][:, None, :], weights[rows, last][:, None, :]
 
 
-def router_spec(kind: str, dim: int, num_interests: int, max_len: int, *, hidden_factor: int = 4, positional: bool = True,
-                num_blocks: int = 2, num_heads: int = 1, dropout: float = 0.0) -> dict:
+def router_spec(kind: str, dim: int, num_interests: int, max_len: int, *, hidden_factor: int, positional: bool,
+                num_blocks: int, num_heads: int, dropout: float) -> dict:
     """Everything that builds a router, as plain JSON values: what a run's manifest stores so
-    that serving rebuilds the tower from its weights alone (`build_router`)."""
+    that serving rebuilds the tower from its weights alone (`build_router`). No defaults here:
+    they are ModelConfig's, the one place they are written."""
     spec = {"kind": kind, "dim": dim, "num_interests": num_interests, "max_len": max_len}
     if kind == "self_attentive":
         spec.update(hidden_factor=hidden_factor, positional=positional, dropout=dropout)

@@ -5,11 +5,12 @@ files holding the tables and their raw ids, the run's interactions (for `--exclu
 multi-interest histories), and for multi-interest runs the router's kind and settings, so that
 `towers.build_router` rebuilds it from `router.pt` alone. `distrec.retrieve` and
 `distrec.export` read it; exports written before manifests existed are read from the run's
-`config.yaml` instead (`read`). Imports: stdlib, numpy, yaml.
+`config.yaml` instead (`read`). Imports: stdlib, numpy, yaml, distrec.config.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -18,9 +19,13 @@ from typing import Any
 import numpy as np
 import yaml
 
+from distrec.config import ModelConfig, SequenceConfig
+
 FORMAT = "distrec-embeddings/1"
 # Settings that do not change what a run learns: left out of the config hash.
 UNHASHED = ("run_dir", "progress", "device")
+# The model keys that build a router (and those its checks need: levels end at dim).
+ROUTER_KEYS = ("router", "dim", "levels", "num_interests", "hidden_factor", "positional", "num_blocks", "num_heads", "dropout")
 
 
 class ManifestError(ValueError):
@@ -97,12 +102,14 @@ def _from_config(directory: Path) -> dict[str, Any]:
     if (directory / "router.pt").is_file():
         from distrec.nn.towers import router_spec  # torch-free here otherwise
 
-        m, seq = resolved["model"], resolved["data"].get("sequence", {})
-        dropout = m.get("dropout")
+        # A key an older config.yaml lacks takes today's default, from the config's one definition.
+        model = dataclasses.replace(ModelConfig(), **{k: tuple(v) if isinstance(v, list) else v
+                                                      for k, v in resolved["model"].items() if k in ROUTER_KEYS})
+        max_len = resolved["data"].get("sequence", {}).get("max_len", SequenceConfig().max_len)
         encoder = {"weights": "router.pt", "router": router_spec(
-            m["router"], m["dim"], m["num_interests"], seq.get("max_len", 20), hidden_factor=m.get("hidden_factor", 4),
-            positional=m.get("positional", True), num_blocks=m.get("num_blocks", 2), num_heads=m.get("num_heads", 1),
-            dropout=(0.2 if m["router"] == "sasrec" else 0.0) if dropout is None else dropout)}
+            model.router, model.dim, model.num_interests, max_len, hidden_factor=model.hidden_factor,
+            positional=model.positional, num_blocks=model.num_blocks, num_heads=model.num_heads,
+            dropout=model.router_dropout)}
     return build(resolved, num_users=0 if users is None else users.shape[0], num_items=items.shape[0],
                  has_user_table=has_users, has_user_ids=(directory / "user_ids.npy").is_file(),
                  interactions=_data_interactions(directory), encoder=encoder, origin={"written_by": "train", "manifest": "from config.yaml"})

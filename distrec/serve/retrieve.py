@@ -34,7 +34,8 @@ import torch
 
 from distrec.data import DataError, ingest
 from distrec.data.dataset import SPLITS
-from distrec.data.sequences import csr_windows, ranges
+from distrec.data import csr
+from distrec.data.sequences import csr_windows
 from distrec.nn.towers import build_router
 from distrec.serve import manifest as manifests, topk
 
@@ -168,9 +169,7 @@ def _user_lists(user: np.ndarray, item: np.ndarray, order: np.ndarray, rows: np.
     """CSR over `rows` of each user row's items, in `order` (an ordering of the pairs by user)."""
     user, item = user[order], item[order]
     starts, ends = np.searchsorted(user, rows, "left"), np.searchsorted(user, rows, "right")
-    indptr = np.zeros(len(rows) + 1, np.int64)
-    np.cumsum(ends - starts, out=indptr[1:])
-    return indptr, item[np.repeat(starts, ends - starts) + ranges(ends - starts)]
+    return csr.gather(item, starts, ends - starts)
 
 
 def windows(histories: topk.Csr, max_len: int) -> tuple[np.ndarray, np.ndarray]:

@@ -26,7 +26,8 @@ import math
 import numpy as np
 import torch
 
-Csr = tuple[np.ndarray, np.ndarray]  # (indptr [B+1], items): excluded items of each query row
+from distrec.data.csr import Csr
+
 NONE = -1  # id of an empty slot (a query with fewer than k eligible items)
 
 

@@ -25,7 +25,8 @@ from distrec import distributed
 from distrec.config import Config, ModelConfig, TrainConfig
 from distrec.data.batches import DeviceBatch, epoch_batches
 from distrec.data.dataset import print_warning
-from distrec.data.sequences import SequenceData, history_windows, load_sequences, ranges
+from distrec.data.csr import ranges
+from distrec.data.sequences import SequenceData, history_windows, load_sequences
 from distrec.nn import counters, losses
 from distrec.nn.embeddings import Tables, lookup_padded
 from distrec.nn.samplers import shared_negatives

@@ -19,11 +19,11 @@ from torch import nn
 
 from distrec import distributed
 from distrec.config import Config
+from distrec.data.csr import Csr
 from distrec.eval import evaluate
 from distrec.nn.embeddings import TABLE_SHARDING_FIELDS, Tables, attach_fused_optimizer, dense_optimizers
 from distrec.serve import bundle
 
-Csr = tuple[np.ndarray, np.ndarray]
 
 
 @dataclasses.dataclass
