@@ -89,7 +89,8 @@ def main() -> None:
     distributed.barrier(env)
     t = time.perf_counter()
     metrics = evaluate.evaluate(lambda r: users_emb[torch.as_tensor(r)], lambda ids: items[ids], items.shape[0], env,
-                                targets, exclude, LEVELS, tuple(args.ks), rows=rows)
+                                evaluate.EvalSplit(targets, tuple(exclude)), evaluate.EvalSpec(levels=LEVELS, ks=tuple(args.ks)),
+                                rows=rows)
     eval_s = time.perf_counter() - t
     if not env.is_main:
         distributed.shutdown()

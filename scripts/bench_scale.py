@@ -69,18 +69,10 @@ def main() -> None:
     if args.checkpoint is not None:
         out.update(time_checkpoint(Path(args.checkpoint), model, dense, env, cfg, step_s))
     # Evaluation speed on a fixed sample of users with test items.
-    test = data.csr("test")
-    every_user = evaluate.rows_with_targets(test)
+    every_user = evaluate.rows_with_targets(work.eval_sets["test"].targets)
     users_with_test = every_user[: args.eval_users]
-    sub_indptr = np.zeros_like(test[0])
-    keep = np.zeros(data.num_users, bool)
-    keep[users_with_test] = True
-    counts = np.where(keep, np.diff(test[0]), 0)
-    sub_indptr[1:] = np.cumsum(counts)
-    sub_items = test[1][np.repeat(keep, np.diff(test[0]))]
     t = time.perf_counter()
-    work.eval_sets["sample"] = ((sub_indptr, sub_items), work.eval_sets["test"][1])
-    work.evaluate(model, "sample", cfg, env)
+    work.evaluate(model, "test", cfg, env, rows=users_with_test)
     eval_s = time.perf_counter() - t
     out.update(eval_users=len(users_with_test), eval_seconds=eval_s, eval_users_per_s=len(users_with_test) / eval_s,
                full_eval_seconds_est=len(every_user) / (len(users_with_test) / eval_s),
@@ -177,10 +169,9 @@ def bench_multi_interest(args) -> None:
     step_s = time_steps(work, model, dense, env, args.steps)
     out.update(step_ms_median=1000 * step_s, samples_per_s=cfg.train.batch_size / step_s, train_samples=work.num_samples,
                epoch_seconds_est=work.num_samples / cfg.train.batch_size * step_s)
-    test_rows = len(evaluate.rows_with_targets(work.eval_sets["test"][0]))
-    work.eval_sets["valid"] = work.eval_sets["test"]
+    test_rows = len(evaluate.rows_with_targets(work.eval_sets["test"].targets))
     t = time.perf_counter()
-    work.evaluate(model, "valid", cfg, env)
+    work.evaluate(model, "test", cfg, env, rows=evaluate.sample_rows(work.eval_sets["test"].targets, args.eval_users, seed=0))
     eval_s = time.perf_counter() - t
     out.update(eval_users=args.eval_users, eval_seconds=eval_s, eval_users_per_s=args.eval_users / eval_s,
                test_users=test_rows, full_eval_seconds_est=test_rows * eval_s / args.eval_users,

@@ -49,7 +49,8 @@ def recall_by_dim(run_dir: Path) -> dict[int, float]:
     users = torch.from_numpy(np.load(run_dir / "embeddings" / "user_embeddings.npy"))
     items = torch.from_numpy(np.load(run_dir / "embeddings" / "item_embeddings.npy"))
     metrics = evaluate.evaluate(lambda rows: users[torch.as_tensor(rows)], lambda ids: items[ids], data.num_items, ONE_PROCESS,
-                                data.csr("test"), [data.csr("train"), data.csr("valid")], DIMS, (20,))
+                                evaluate.EvalSplit(data.csr("test"), (data.csr("train"), data.csr("valid"))),
+                                evaluate.EvalSpec(levels=DIMS, ks=(20,)))
     return {d: metrics[str(d)]["recall@20"] for d in DIMS}
 
 

@@ -46,7 +46,7 @@ def main() -> None:
     targets, exclude = data.csr(args.split), [data.csr(s) for s in seen]
     # Every user's query is the 1-d vector 1, so an item's score is its popularity.
     metrics = evaluate.evaluate(lambda rows: torch.ones(len(rows), 1), lambda ids: items[ids], data.num_items, ONE_PROCESS,
-                                targets, exclude, (1,), tuple(args.ks))["1"]
+                                evaluate.EvalSplit(targets, tuple(exclude)), evaluate.EvalSpec(levels=(1,), ks=tuple(args.ks)))["1"]
     users = len(evaluate.rows_with_targets(targets))
     print(json.dumps({"model": "popularity", "run": args.run, "split": args.split, "users": users,
                       "seconds": round(time.perf_counter() - start, 1), **metrics}))

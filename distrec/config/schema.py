@@ -26,7 +26,7 @@ DATA_FORMATS = ("synthetic", "user_lines", "log", "parquet", "recbole")
 NAMED_COLUMN_FORMATS = ("parquet", "recbole")  # formats whose columns data.columns names
 TIME_FORMATS = ("log", "parquet", "recbole")  # formats that model.task=multi_interest can read
 SYNTHETIC_PRESETS = ("tiny", "small", "books")
-# What each task's evaluation computes (evaluate.metric_names: hitrate only for multi_interest).
+# What each task's evaluation computes (eval.evaluate.EvalSpec.of; by name, evaluate.METRIC_VALUES).
 METRICS = {"mrl4rec": ("recall", "ndcg"), "multi_interest": ("recall", "ndcg", "hitrate")}
 # The accepted values of every key that takes one of a few strings (checked, and listed by --help).
 CHOICES = {

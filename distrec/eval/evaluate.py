@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from distrec import distributed
+from distrec.config import METRICS, Config
 from distrec.data.csr import Csr, ranges
 from distrec.distributed import DistEnv
 from distrec.eval.ranking import SYNC_EVERY, count_above, level_scores
@@ -27,9 +28,43 @@ from distrec.nn.embeddings import Tables, lookup_padded
 BLOCK_ITEMS = 1024  # items scored at once: 512-1024 measured fastest on a Books model (docs/benchmarks.md)
 
 
-def metric_names(ks: tuple[int, ...], hitrate: bool = False) -> list[str]:
-    names = ("recall", "ndcg", "hitrate") if hitrate else ("recall", "ndcg")
-    return [f"{name}@{k}" for k in ks for name in names]
+@dataclasses.dataclass(frozen=True)
+class EvalSpec:
+    """What an evaluation computes: every metric of `metrics` (names of METRIC_VALUES) at every
+    cut-off of `ks`, at every matryoshka level; and how: `chunk_mb` of score matrix per chunk of
+    rows, `block_items` items scored at once, counts summed over ranks every `sync_every` blocks."""
+
+    levels: tuple[int, ...]
+    ks: tuple[int, ...]
+    metrics: tuple[str, ...] = ("recall", "ndcg")
+    chunk_mb: float = 256.0
+    block_items: int = BLOCK_ITEMS
+    sync_every: int = SYNC_EVERY
+
+    def __post_init__(self) -> None:
+        unknown = [m for m in self.metrics if m not in METRIC_VALUES]
+        if unknown:
+            raise ValueError(f"unknown metrics {unknown}: known are {', '.join(METRIC_VALUES)}")
+
+    @classmethod
+    def of(cls, cfg: Config) -> EvalSpec:
+        """The run's evaluation: its levels and cut-offs, its task's metrics (config.METRICS)."""
+        return cls(levels=tuple(cfg.model.levels), ks=tuple(cfg.eval.ks), metrics=METRICS[cfg.model.task],
+                   chunk_mb=cfg.eval.chunk_mb)
+
+    @property
+    def names(self) -> list[str]:
+        """`recall@20`, ...: each cut-off's metrics in the order of `metrics`."""
+        return [f"{m}@{k}" for k in self.ks for m in self.metrics]
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSplit:
+    """One split to evaluate: each row's targets, and the items masked for it (its training
+    items, and validation items for test)."""
+
+    targets: Csr
+    exclude: tuple[Csr, ...] = ()
 
 
 def _slice(num_rows: int, env: DistEnv) -> tuple[int, int]:
@@ -81,16 +116,11 @@ def evaluate(
     items: Callable[[torch.Tensor], torch.Tensor],
     num_items: int,
     env: DistEnv,
-    targets: Csr,
-    exclude: list[Csr],
-    levels: tuple[int, ...],
-    ks: tuple[int, ...],
-    chunk_mb: float = 256.0,
+    split: EvalSplit,
+    spec: EvalSpec,
+    *,
     num_interests: int = 1,
-    hitrate: bool = False,
     rows: np.ndarray | None = None,
-    block_items: int = BLOCK_ITEMS,
-    sync_every: int = SYNC_EVERY,
 ) -> dict[str, dict[str, float]]:
     """Metrics averaged over the evaluated rows, per level: {"<d>": {"recall@20": x, ...}}.
 
@@ -104,21 +134,21 @@ def evaluate(
     first_id, table = local_rows(items, num_items, env)
     shard = ItemShard.of(first_id, table, max_rows=-(-int(num_items) // env.world_size))
     sampled = rows is not None
-    rows = rows_with_targets(targets) if rows is None else np.asarray(rows, dtype=np.int64)
-    names = metric_names(ks, hitrate)
-    sums = torch.zeros((2, len(levels), len(names)), dtype=torch.float64)  # sum and sum of squares over rows
-    for chunk in chunks(rows, targets, num_interests, chunk_mb, block_items):
+    rows = rows_with_targets(split.targets) if rows is None else np.asarray(rows, dtype=np.int64)
+    names = spec.names
+    sums = torch.zeros((2, len(spec.levels), len(names)), dtype=torch.float64)  # sum and sum of squares over rows
+    for chunk in chunks(rows, split.targets, num_interests, spec.chunk_mb, spec.block_items):
         lo, hi = _slice(len(chunk), env)
         queries = encode(chunk[lo:hi]).float()
         queries = distributed.all_gather_rows(queries if queries.dim() == 3 else queries[:, None], env, len(chunk))
-        per_row = score_chunk(queries, shard, chunk, targets, exclude, levels, ks, hitrate, block_items, env, sync_every)
+        per_row = score_chunk(queries, shard, chunk, split, spec, env)
         sums += torch.stack([per_row.sum(0), per_row.pow(2).sum(0)])
     n = max(len(rows), 1)
     means = sums[0] / n
-    out = {str(d): dict(zip(names, row)) for d, row in zip(levels, means.tolist())}
+    out = {str(d): dict(zip(names, row)) for d, row in zip(spec.levels, means.tolist())}
     if sampled:
         var = (sums[1] / n - means.pow(2)).clamp(min=0) * n / max(n - 1, 1)
-        for d, row in zip(levels, (var / n).sqrt().tolist()):
+        for d, row in zip(spec.levels, (var / n).sqrt().tolist()):
             out[str(d)].update({f"{name}_se": se for name, se in zip(names, row)})
     return out
 
@@ -166,25 +196,21 @@ def score_chunk(
     queries: torch.Tensor,
     shard: ItemShard,
     rows: np.ndarray,
-    targets: Csr,
-    exclude: list[Csr],
-    levels: tuple[int, ...],
-    ks: tuple[int, ...],
-    hitrate: bool,
-    block_items: int = BLOCK_ITEMS,
+    split: EvalSplit,
+    spec: EvalSpec,
     env: DistEnv | None = None,
-    sync_every: int = SYNC_EVERY,
 ) -> torch.Tensor:
-    """Per-row metric values `[C, L, len(metric_names)]` (float64, on the CPU) of the rows
+    """Per-row metric values `[C, L, len(spec.names)]` (float64, on the CPU) of the rows
     `rows`, whose queries `[C, K, D]` are given, against this rank's `shard` of the items.
     With `env`, target scores and counts are summed over ranks (each holds one slice)."""
     dev = shard.rows.device
-    pair_rows, pair_items = _unique_pairs(*_pairs(targets, rows))  # one pair per distinct (row, target)
+    levels, block_items = spec.levels, spec.block_items
+    pair_rows, pair_items = _unique_pairs(*_pairs(split.targets, rows))  # one pair per distinct (row, target)
     num_pairs = len(pair_rows)
     # Items that must not count for a pair: the target itself and the row's masked items.
     skip_pairs, skip_items = [np.arange(num_pairs)], [pair_items]
     masked_target = np.zeros(num_pairs, dtype=bool)  # a masked target can never be hit
-    for csr in exclude:
+    for csr in split.exclude:
         p, i = _join(pair_rows, *_pairs(csr, rows))
         masked_target[p[i == pair_items[p]]] = True
         skip_pairs.append(p)
@@ -195,40 +221,55 @@ def score_chunk(
     owned, owned_pos = shard.local(torch.as_tensor(pair_items, device=dev))
     target_scores = torch.zeros((num_pairs, len(levels)), dtype=torch.float32, device=dev)
     target_scores[owned] = level_scores(queries[prow_t[owned]], shard.rows[owned_pos], levels)
-    cap = max(ks)
+    cap = max(spec.ks)
     if env is not None:
         target_scores = distributed.all_reduce_sum(target_scores, env)  # exactly one rank owns each target
     skip_held, skip_pos = shard.local(torch.as_tensor(skip_items, device=dev))
     sharded = env is not None and env.world_size > 1
     counts = count_above(queries, shard.rows, prow_t, target_scores, torch.as_tensor(skip_pairs, device=dev)[skip_held],
                          skip_pos, levels, cap, block_items, num_blocks=-(-shard.max_rows // block_items),
-                         sync=(lambda c: distributed.all_reduce_sum(c, env)) if sharded else None, sync_every=sync_every)
+                         sync=(lambda c: distributed.all_reduce_sum(c, env)) if sharded else None, sync_every=spec.sync_every)
     if env is not None:
         counts = distributed.all_reduce_sum(counts, env)
     ranks = counts.cpu() + 1
     ranks[torch.as_tensor(masked_target)] = cap + 1
-    return metric_values(ranks, torch.as_tensor(pair_rows), len(rows), ks, hitrate)
+    return metric_values(ranks, torch.as_tensor(pair_rows), len(rows), spec)
 
 
-def metric_values(ranks: torch.Tensor, pair_rows: torch.Tensor, num_rows: int, ks: tuple[int, ...], hitrate: bool) -> torch.Tensor:
-    """Per-row Recall@K, NDCG@K (and HitRate@K) `[R, L, M]` from the 1-based ranks `[P, L]` of
-    each row's distinct targets (binary relevance)."""
+def metric_values(ranks: torch.Tensor, pair_rows: torch.Tensor, num_rows: int, spec: EvalSpec) -> torch.Tensor:
+    """Per-row values `[R, L, len(spec.names)]` of `spec`'s metrics from the 1-based ranks `[P, L]`
+    of each row's distinct targets (binary relevance), each metric computed by its name."""
     num_levels = ranks.shape[1]
     num_targets = torch.bincount(pair_rows, minlength=num_rows).double()
-    ideal = torch.cumsum(1.0 / torch.log2(torch.arange(2, max(ks) + 2, dtype=torch.float64)), 0)
+    ideal = torch.cumsum(1.0 / torch.log2(torch.arange(2, max(spec.ks) + 2, dtype=torch.float64)), 0)
     gain = 1.0 / torch.log2(ranks.double() + 1)
-    per_metric = 3 if hitrate else 2
-    out = torch.zeros((num_rows, num_levels, per_metric * len(ks)), dtype=torch.float64)
-    for ki, k in enumerate(ks):
+    columns = []
+    for k in spec.ks:
         hit = (ranks <= k).double()  # [P, L]
         hits = torch.zeros((num_rows, num_levels), dtype=torch.float64).index_add_(0, pair_rows, hit)
         dcg = torch.zeros((num_rows, num_levels), dtype=torch.float64).index_add_(0, pair_rows, hit * gain)
         idcg = ideal[(num_targets.clamp(max=k) - 1).clamp(min=0).long()]
-        out[:, :, per_metric * ki] = hits / num_targets.clamp(min=1)[:, None]
-        out[:, :, per_metric * ki + 1] = dcg / idcg[:, None]
-        if hitrate:
-            out[:, :, per_metric * ki + 2] = (hits > 0).double()
-    return out
+        counts = RowCounts(hits=hits, dcg=dcg, idcg=idcg[:, None], targets=num_targets.clamp(min=1)[:, None])
+        columns += [METRIC_VALUES[m](counts) for m in spec.metrics]
+    return torch.stack(columns, dim=-1)
+
+
+@dataclasses.dataclass(frozen=True)
+class RowCounts:
+    """What every metric at one cut-off K is made of, per row and level `[R, L]`."""
+
+    hits: torch.Tensor  # targets ranked within K
+    dcg: torch.Tensor  # sum of 1 / log2(rank + 1) over them
+    idcg: torch.Tensor  # [R, 1]: the best DCG the row's targets allow at K
+    targets: torch.Tensor  # [R, 1]: the row's distinct targets (at least 1)
+
+
+# Each metric by name, from a cut-off's counts; config.METRICS says which a task computes.
+METRIC_VALUES: dict[str, Callable[[RowCounts], torch.Tensor]] = {
+    "recall": lambda c: c.hits / c.targets,
+    "ndcg": lambda c: c.dcg / c.idcg,
+    "hitrate": lambda c: (c.hits > 0).double(),
+}
 
 
 def _join(pair_rows: np.ndarray, ex_rows: np.ndarray, ex_items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -246,21 +287,12 @@ def _unique_pairs(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     return key >> 32, key & ((1 << 32) - 1)
 
 
-def score_block(
-    u: torch.Tensor,
-    items: torch.Tensor,
-    users: np.ndarray,
-    targets: Csr,
-    exclude: list[Csr],
-    levels: tuple[int, ...],
-    ks: tuple[int, ...],
-    hitrate: bool = False,
-) -> torch.Tensor:
-    """Metric sums `[L, len(metric_names)]` (float64) of rows `users` against the whole item
+def score_block(u: torch.Tensor, items: torch.Tensor, users: np.ndarray, split: EvalSplit, spec: EvalSpec) -> torch.Tensor:
+    """Metric sums `[L, len(spec.names)]` (float64) of rows `users` against the whole item
     table `items [I, D]`, in one process: the reference the sharded evaluation must equal.
 
     u: `[C, D]` (one query per row) or `[C, K, D]` (K interests: the score of an item is the
     best of the K at that level, f(u, i) = max_k <v_k[:d], e_i[:d]>).
     """
     queries = (u if u.dim() == 3 else u[:, None]).float()
-    return score_chunk(queries, ItemShard.of(0, items.float()), np.asarray(users), targets, exclude, levels, ks, hitrate).sum(0)
+    return score_chunk(queries, ItemShard.of(0, items.float()), np.asarray(users), split, spec).sum(0)

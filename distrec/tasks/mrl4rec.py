@@ -243,7 +243,7 @@ def from_data(cfg: Config, env: distributed.DistEnv, data: InteractionData) -> W
                 f"{len(data.valid_users)} valid / {len(data.test_users)} test pairs",
         num_users=data.num_users, num_items=data.num_items, num_samples=len(data.train_users),
         build=build, batches=batches,
-        eval_sets={"valid": (csr["valid"], [csr["train"]]), "test": (csr["test"], [csr["train"], csr["valid"]])},
+        eval_sets=_eval_sets(csr),
         encoder=lambda model, split: evaluate.user_encoder(inner(model).tables, env.device),
         user_raw=data.user_raw, item_raw=data.item_raw,
         refit=lambda: _refit_workload(cfg, env, data, csr),
@@ -252,9 +252,15 @@ def from_data(cfg: Config, env: distributed.DistEnv, data: InteractionData) -> W
     )
 
 
+def _eval_sets(csr: dict) -> dict[str, evaluate.EvalSplit]:
+    """Validation masks the training items; test masks training and validation items."""
+    return {"valid": evaluate.EvalSplit(csr["valid"], (csr["train"],)),
+            "test": evaluate.EvalSplit(csr["test"], (csr["train"], csr["valid"]))}
+
+
 def _refit_workload(cfg: Config, env: distributed.DistEnv, data: InteractionData, csr: dict) -> Workload:
     merged = from_data(cfg, env, data.merge_valid_into_train())
     # Test on the original splits: train and validation items are both masked.
-    merged.eval_sets = {"valid": (csr["valid"], [csr["train"]]), "test": (csr["test"], [csr["train"], csr["valid"]])}
+    merged.eval_sets = _eval_sets(csr)
     merged.interactions = data.split_columns  # the exports keep the original splits
     return merged

@@ -27,6 +27,7 @@ from distrec.data.batches import DeviceBatch, epoch_batches
 from distrec.data.dataset import print_warning
 from distrec.data.csr import ranges
 from distrec.data.sequences import SequenceData, history_windows, load_sequences
+from distrec.eval import evaluate
 from distrec.nn import counters, losses
 from distrec.nn.embeddings import Tables, lookup_padded
 from distrec.nn.samplers import shared_negatives
@@ -183,8 +184,8 @@ def workload(cfg: Config, env: distributed.DistEnv, data_dir: Path | None = None
     eval_sets = {}
     for split, (users, ends, targets) in splits.items():
         # Mask the whole history part (items before `ends`), not only the window the model sees.
-        exclude = [data.segments(users, np.zeros_like(ends), ends)] if cfg.eval.mask_history else []
-        eval_sets[split] = (targets, exclude)
+        exclude = (data.segments(users, np.zeros_like(ends), ends),) if cfg.eval.mask_history else ()
+        eval_sets[split] = evaluate.EvalSplit(targets, exclude)
 
     def build():
         tables = Tables(0, data.num_items, cfg.model)
@@ -209,7 +210,7 @@ def workload(cfg: Config, env: distributed.DistEnv, data_dir: Path | None = None
                 f"{len(data.test_users)} test), {data.num_items} items, {len(users)} training samples",
         num_users=0, num_items=data.num_items, num_samples=len(users),
         build=build, batches=lambda epoch, start=0: sequence_batches(data, sampler, cfg, env, epoch, start),
-        eval_sets=eval_sets, encoder=encoder, num_interests=cfg.model.num_interests, hitrate=True,
+        eval_sets=eval_sets, encoder=encoder, num_interests=cfg.model.num_interests,
         user_raw=data.user_raw, item_raw=data.item_raw, diagnostics=diagnostics,
         data_hash=functools.cache(lambda: digest(data.seq_indptr, data.seq_items, data.train_users)),
         interactions=lambda: {"user": np.repeat(np.arange(data.num_users), data.lengths), "item": data.seq_items,

@@ -19,7 +19,6 @@ from torch import nn
 
 from distrec import distributed
 from distrec.config import Config
-from distrec.data.csr import Csr
 from distrec.eval import evaluate
 from distrec.nn.embeddings import TABLE_SHARDING_FIELDS, Tables, attach_fused_optimizer, dense_optimizers
 from distrec.serve import bundle
@@ -34,10 +33,9 @@ class Workload:
     num_samples: int  # training samples per epoch
     build: Callable[[], tuple[nn.Module, list[torch.optim.Optimizer]]]
     batches: Callable[[int, int], Iterator]  # (epoch, first batch) -> this rank's batches
-    eval_sets: dict[str, tuple[Csr, list[Csr]]]  # split -> (targets, excluded items), CSRs over eval rows
+    eval_sets: dict[str, evaluate.EvalSplit]  # "valid" / "test" -> targets and masked items, CSRs over eval rows
     encoder: Callable[[nn.Module, str], Callable[[np.ndarray], torch.Tensor]]  # (model, split) -> encode(rows)
     num_interests: int = 1
-    hitrate: bool = False
     user_raw: np.ndarray | None = None
     item_raw: np.ndarray | None = None
     refit: Callable[[], "Workload"] | None = None  # the same task on train + valid
@@ -52,18 +50,20 @@ class Workload:
 
     @property
     def has_valid(self) -> bool:
-        return int(np.diff(self.eval_sets["valid"][0][0]).sum()) > 0
+        return int(np.diff(self.eval_sets["valid"].targets[0]).sum()) > 0
 
-    def evaluate(self, model: nn.Module, split: str, cfg: Config, env: distributed.DistEnv) -> dict:
-        targets, exclude = self.eval_sets[split]
+    def evaluate(self, model: nn.Module, split: str, cfg: Config, env: distributed.DistEnv,
+                 rows: np.ndarray | None = None) -> dict:
+        """`split`'s metrics (EvalSpec.of(cfg)) over `rows` (default: every row with a target;
+        validation: the fixed sample of eval.valid_users when it is set)."""
         model.eval()  # no dropout while scoring; train_epoch switches back
         tables = inner(model).tables
-        # The validation sample is fixed (seed 0), so every epoch and every run sees the same users.
-        rows = evaluate.sample_rows(targets, cfg.eval.valid_users, seed=0) if split == "valid" and cfg.eval.valid_users else None
-        return evaluate.evaluate(
-            self.encoder(model, split), tables.items, self.num_items, env, targets, exclude,
-            cfg.model.levels, cfg.eval.ks, cfg.eval.chunk_mb, self.num_interests, self.hitrate, rows=rows,
-        )
+        which = self.eval_sets[split]
+        if rows is None and split == "valid" and cfg.eval.valid_users:
+            # The validation sample is fixed (seed 0), so every epoch and every run sees the same users.
+            rows = evaluate.sample_rows(which.targets, cfg.eval.valid_users, seed=0)
+        return evaluate.evaluate(self.encoder(model, split), tables.items, self.num_items, env, which,
+                                 evaluate.EvalSpec.of(cfg), num_interests=self.num_interests, rows=rows)
 
 
     def write_bundle(self, model: nn.Module, env: distributed.DistEnv, run_dir: Path, *, resolved: dict, origin: dict,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -63,14 +65,15 @@ def rank_body(overrides: list[str], weights, csr, batch_arrays):
         cfg, model, dense_opt = build(overrides, env)
         reference.load_full_tables(model, weights)
         tables = model.module.tables
-        args = dict(levels=LEVELS, ks=KS, chunk_mb=0.0005)  # a few users per block
+        spec = evaluate.EvalSpec(levels=LEVELS, ks=KS, chunk_mb=0.0005)  # a few users per block
         encode = evaluate.user_encoder(tables, env.device)
-        valid = evaluate.evaluate(encode, tables.items, NUM_ITEMS, env, csr["valid"], [csr["train"]], **args)
-        test = evaluate.evaluate(encode, tables.items, NUM_ITEMS, env, csr["test"], [csr["train"], csr["valid"]], **args)
+        test_split = evaluate.EvalSplit(csr["test"], (csr["train"], csr["valid"]))
+        valid = evaluate.evaluate(encode, tables.items, NUM_ITEMS, env, evaluate.EvalSplit(csr["valid"], (csr["train"],)), spec)
+        test = evaluate.evaluate(encode, tables.items, NUM_ITEMS, env, test_split, spec)
         # One-item blocks, counts summed over ranks every 2 blocks and K = 1 in ks: targets drop
         # out mid-scan on counts partly from the other rank; the metrics must not change.
-        synced = evaluate.evaluate(encode, tables.items, NUM_ITEMS, env, csr["test"], [csr["train"], csr["valid"]],
-                                   **args, block_items=1, sync_every=2)
+        synced = evaluate.evaluate(encode, tables.items, NUM_ITEMS, env, test_split,
+                                   dataclasses.replace(spec, block_items=1, sync_every=2))
         assert_metrics_equal(synced, test)  # other chunks (block size sets them): equal up to the sum's order
         users, pos, cands = batch_arrays
         mine = np.array_split(np.arange(len(users)), env.world_size)[env.rank]

@@ -13,6 +13,14 @@ def to_csr(lists):
     return indptr, cols
 
 
+def split(targets, *excludes):
+    return evaluate.EvalSplit(to_csr(targets), tuple(to_csr(e) for e in excludes))
+
+
+def spec(levels, ks, hitrate=False, **how):
+    return evaluate.EvalSpec(levels=levels, ks=ks, metrics=("recall", "ndcg", "hitrate") if hitrate else ("recall", "ndcg"), **how)
+
+
 def brute_force(u, items, users, targets, excludes, levels, ks):
     out = np.zeros((len(levels), 2 * len(ks)))
     for li, d in enumerate(levels):
@@ -41,7 +49,7 @@ def test_score_block_matches_brute_force():
     items = rng.normal(size=(num_items, dim)).astype(np.float32)
     users = np.arange(num_users)
     levels, ks = (2, 4, 8), (1, 5, 10)
-    got = evaluate.score_block(torch.tensor(u), torch.tensor(items), users, to_csr(test), [to_csr(train), to_csr(valid)], levels, ks)
+    got = evaluate.score_block(torch.tensor(u), torch.tensor(items), users, split(test, train, valid), spec(levels, ks))
     want = brute_force(u, items, users, test, [train, valid], levels, ks)
     np.testing.assert_allclose(got.numpy(), want, rtol=1e-9, atol=1e-9)
 
@@ -50,10 +58,10 @@ def test_perfect_and_hopeless_rankings():
     # One user whose single target is the item with the top score (perfect) at dim 2.
     u = torch.tensor([[1.0, 0.0]])
     items = torch.tensor([[5.0, 0.0], [1.0, 0.0], [-1.0, 0.0]])
-    perfect = evaluate.score_block(u, items, np.array([0]), to_csr([[0]]), [], (2,), (1,))
+    perfect = evaluate.score_block(u, items, np.array([0]), split([[0]]), spec((2,), (1,)))
     assert perfect.tolist() == [[1.0, 1.0]]
     # The top item is masked as a training item, so the target (item 2, lowest) is never in top 1.
-    hopeless = evaluate.score_block(u, items, np.array([0]), to_csr([[2]]), [to_csr([[0]])], (2,), (1,))
+    hopeless = evaluate.score_block(u, items, np.array([0]), split([[2]], [[0]]), spec((2,), (1,)))
     assert hopeless.tolist() == [[0.0, 0.0]]
 
 
@@ -103,11 +111,11 @@ def test_ties_count_against_the_target_and_early_exit_is_exact():
             want[li] += _ranked_metrics(scores.tolist(), history[r], sorted(targets[r]), ks)
     queries = torch.tensor(u)
     for block in (1, 7, 4096):
-        got = evaluate.score_chunk(queries, evaluate.ItemShard.of(0, torch.tensor(items)), np.arange(rows), to_csr(targets), [to_csr(history)],
-                                   levels, ks, True, block_items=block).sum(0)
+        got = evaluate.score_chunk(queries, evaluate.ItemShard.of(0, torch.tensor(items)), np.arange(rows), split(targets, history),
+                                   spec(levels, ks, hitrate=True, block_items=block)).sum(0)
         np.testing.assert_allclose(got.numpy(), want, rtol=1e-12, atol=1e-12)
     # All-zero embeddings tie everything: no hits, rather than perfect ones.
-    zero = evaluate.score_block(torch.zeros(rows, dim), torch.zeros(num_items, dim), np.arange(rows), to_csr(targets), [], levels, ks)
+    zero = evaluate.score_block(torch.zeros(rows, dim), torch.zeros(num_items, dim), np.arange(rows), split(targets), spec(levels, ks))
     assert zero.abs().sum() == 0
 
 
@@ -155,7 +163,7 @@ def test_multi_interest_block_matches_brute_force_max_over_interests():
     history = [set(rng.choice(num_items, size=3, replace=False).tolist()) for _ in range(rows)]
     targets = [set(rng.choice([i for i in range(num_items) if i not in history[r]], size=rng.integers(1, 4), replace=False).tolist()) for r in range(rows)]
     levels, ks = (2, 4, 8), (5, 10)
-    got = evaluate.score_block(torch.tensor(u), torch.tensor(items), np.arange(rows), to_csr(targets), [to_csr(history)], levels, ks, hitrate=True)
+    got = evaluate.score_block(torch.tensor(u), torch.tensor(items), np.arange(rows), split(targets, history), spec(levels, ks, hitrate=True))
     want = np.zeros((len(levels), 3 * len(ks)))
     for li, d in enumerate(levels):
         for r in range(rows):
@@ -168,7 +176,7 @@ def test_multi_interest_block_matches_brute_force_max_over_interests():
                     1 / math.log2(p + 2) for p in range(min(len(targets[r]), k)))
                 want[li, 3 * ki + 2] += 1.0 if sum(hits) > 0 else 0.0
     np.testing.assert_allclose(got.numpy(), want, rtol=1e-6, atol=1e-6)
-    assert evaluate.metric_names(ks, hitrate=True)[:3] == ["recall@5", "ndcg@5", "hitrate@5"]
+    assert spec(levels, ks, hitrate=True).names[:3] == ["recall@5", "ndcg@5", "hitrate@5"]
 
 
 def test_norm_bound_exit_is_exact_and_skips_blocks(monkeypatch):
