@@ -13,6 +13,8 @@ Imports: numpy.
 
 from __future__ import annotations
 
+import enum
+
 import numpy as np
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -27,8 +29,25 @@ def _mix(x: np.ndarray) -> np.ndarray:
     return x ^ (x >> _S31)
 
 
+class Stream(enum.IntEnum):
+    """What a stream is for: every stream is keyed (seed, purpose, ...) through `stream()`, so
+    two purposes never share one (tests/unit/test_samplers.py holds that)."""
+
+    TABLE_INIT = 1  # (seed, TABLE_INIT, table index): initial rows, Tables.seed
+    MF_CANDIDATES = 2  # (seed, MF_CANDIDATES, epoch): MF hard-negative candidates, by sample position
+    MF_SHARED_NEGATIVES = 3  # (seed, MF_SHARED_NEGATIVES, epoch): loss=softmax's negatives shared by a batch
+    SEQUENCE_NEGATIVES = 4  # (seed, SEQUENCE_NEGATIVES, epoch): multi_interest's shared negatives
+    DROPOUT = 5  # (seed, DROPOUT, epoch, step, rank): torch's generator before each step (dropout masks)
+
+
+def stream(seed: int, purpose: Stream, *parts: int) -> np.uint64:
+    """The stream of `purpose` for `seed` and its `parts` (epoch, table, ...)."""
+    return key(seed, int(purpose), *parts)
+
+
 def key(*parts: int) -> np.uint64:
-    """A stream key from integers (seed, epoch, purpose, ...): distinct tuples, unrelated streams."""
+    """A stream key from integers: distinct tuples, unrelated streams. Training code names its
+    streams with `stream(seed, Stream.X, ...)`; `key` derives sub-streams (`key(stream, round)`)."""
     k = np.zeros(1, np.uint64)
     with np.errstate(over="ignore"):
         for part in parts:

@@ -82,7 +82,7 @@ class Tables(nn.Module):
         ):
             if collection is None:
                 continue
-            stream, bound = counters.key(seed, 4, index), math.sqrt(6.0 / (num_rows + self.dim))
+            stream, bound = counters.stream(seed, counters.Stream.TABLE_INIT, index), math.sqrt(6.0 / (num_rows + self.dim))
             for shard in local_shards(collection, key)[0]:
                 nr, nc = shard.weight.shape
                 cols = np.arange(shard.first_col, shard.first_col + nc)

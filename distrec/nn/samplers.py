@@ -1,7 +1,7 @@
 """Negative samplers: uniform candidates excluding training items, DNS and MNS selection.
 
-Candidates are counter-based draws (distrec.nn.counters) keyed by (seed, epoch) and the sample's
-global position in the epoch, so they do not depend on the rank or the world size; hard
+Candidates are counter-based draws (distrec.nn.counters) keyed by (seed, purpose, epoch) and the
+sample's global position in the epoch, so they do not depend on the rank or the world size; hard
 samplers score them with the current embeddings and keep the
 highest-scoring one, at full dimension (DNS) or per matryoshka level on that level's prefix
 (MNS). Imports: numpy, torch.

@@ -184,7 +184,7 @@ def train_epoch(model, dense_opts, work: Workload, cfg: config.Config, env: dist
     model.train()
     for step, batch in enumerate(bar, start):
         # Dropout masks from a per-step seed: a run resumed at this step draws the same ones.
-        torch.manual_seed(int(counters.key(cfg.train.seed, epoch, step, env.rank)) >> 1)
+        torch.manual_seed(int(counters.stream(cfg.train.seed, counters.Stream.DROPOUT, epoch, step, env.rank)) >> 1)
         loss, stats = model(batch)
         if not torch.isfinite(loss):
             raise FloatingPointError(

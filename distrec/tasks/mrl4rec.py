@@ -215,7 +215,8 @@ def from_data(cfg: Config, env: distributed.DistEnv, data: InteractionData) -> W
         return shard_task(MatryoshkaMF(tables, cfg.model, cfg.train, env), tables, cfg, env)
 
     def batches(epoch: int, start: int = 0) -> Iterator[Batch]:
-        cand_stream, shared_stream = counters.key(cfg.train.seed, epoch, 1), counters.key(cfg.train.seed, epoch, 2)
+        cand_stream = counters.stream(cfg.train.seed, counters.Stream.MF_CANDIDATES, epoch)
+        shared_stream = counters.stream(cfg.train.seed, counters.Stream.MF_SHARED_NEGATIVES, epoch)
         n = len(data.train_users)
         # train.gramian_every = k: the items' whole-catalogue update on steps 0, k, 2k, ..., each
         # weighted steps / updating steps, so that an epoch's item updates sum to the every-step total.

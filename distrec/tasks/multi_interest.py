@@ -136,7 +136,7 @@ def sequence_batches(
     """The epoch's batches for this rank from batch `start` on: (history window, next item) for
     every training position. Negatives are counter-based draws keyed by sample position."""
     users, positions = data.train_samples()
-    stream = counters.key(cfg.train.seed, epoch, 3)
+    stream = counters.stream(cfg.train.seed, counters.Stream.SEQUENCE_NEGATIVES, epoch)
     for part in epoch_batches(len(users), cfg.train.batch_size, cfg.train.seed, epoch, env.rank, env.world_size, start):
         idx, global_size = part.rows, part.global_size
         hist, mask = history_windows(data, users[idx], positions[idx], cfg.data.sequence.max_len)

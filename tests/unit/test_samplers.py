@@ -58,6 +58,22 @@ def test_a_samples_candidates_do_not_depend_on_how_the_batch_is_split():
     np.testing.assert_array_equal(np.concatenate(parts), whole)
 
 
+def test_no_two_purposes_share_a_stream():
+    # Every purpose's streams over seeds, epochs (or tables) and dropout's (step, rank): all distinct.
+    # The layout before streams were named keyed tables by (seed, 4, table) and MF candidates by
+    # (seed, epoch, 1): the item table's initial rows came from epoch 4's candidate stream.
+    keys = {}
+    for seed in (0, 1, 2022):
+        for purpose in counters.Stream:
+            parts = [(e, s, r) for e in range(6) for s in range(3) for r in range(2)] if purpose is counters.Stream.DROPOUT \
+                else [(e,) for e in range(64)]
+            for p in parts:
+                k = int(counters.stream(seed, purpose, *p))
+                assert k not in keys, f"{purpose.name}{p} shares a stream with {keys[k]}"
+                keys[k] = (seed, purpose.name, p)
+    assert counters.stream(2022, counters.Stream.TABLE_INIT, 1) != counters.stream(2022, counters.Stream.MF_CANDIDATES, 4)
+
+
 def test_counter_draws_are_uniform_and_independent_of_the_counter_order():
     u = counters.random(counters.key(1), np.arange(200_000))
     assert 0.0 <= u.min() and u.max() < 1.0
