@@ -44,7 +44,7 @@ from distrec.data import load_dataset
 from distrec.data.dataset import InteractionData
 from distrec.data.csr import ranges
 from distrec.distributed import ONE_PROCESS
-from distrec.eval.evaluate import evaluate
+from distrec.eval.evaluate import EvalSpec, EvalSplit, evaluate
 
 FACTORS = 64  # distrec's model.dim in every mrl4rec config
 KS = (10, 20, 50)
@@ -116,7 +116,7 @@ def score(model, num_items: int, targets, exclude) -> dict[str, float]:
     dim = users.shape[1]
     metrics = evaluate(
         encode=lambda rows: torch.as_tensor(users[rows]), items=lambda ids: torch.as_tensor(items)[ids],
-        num_items=num_items, env=ONE_PROCESS, targets=targets, exclude=exclude, levels=(dim,), ks=KS,
+        num_items=num_items, env=ONE_PROCESS, split=EvalSplit(targets, tuple(exclude)), spec=EvalSpec(levels=(dim,), ks=KS),
     )
     return metrics[str(dim)]
 
@@ -220,7 +220,7 @@ def score_ease(B: torch.Tensor, X, targets, exclude, chunk_mb: float = EASE_CHUN
 
     metrics = evaluate(
         encode=X.dense, items=items, num_items=n, env=ONE_PROCESS,
-        targets=targets, exclude=exclude, levels=(n,), ks=KS, chunk_mb=chunk_mb,
+        split=EvalSplit(targets, tuple(exclude)), spec=EvalSpec(levels=(n,), ks=KS, chunk_mb=chunk_mb),
     )
     return metrics[str(n)]
 
