@@ -3,6 +3,7 @@ without changing behaviour (issue #20's layout move).
 
     python scripts/behaviour.py --out docs/behaviour/before.json        # record
     python scripts/behaviour.py --out /tmp/after.json --against docs/behaviour/before.json
+    python scripts/behaviour.py --table docs/behaviour/before.json docs/behaviour/after.json  # markdown
 
 Each case is one `distrec.train` run (through `distrec.experiments.runner`); what it keeps is the best epoch,
 every test metric at every level, and a SHA-256 of each exported table. `--against` compares
@@ -66,13 +67,38 @@ def differences(now: dict, before: dict) -> list[str]:
     return out
 
 
+def table(before: dict, after: dict) -> str:
+    """Markdown: each case's best epoch and full-dimension test metrics, before -> after."""
+    rows = ["| case | best epoch | test R@20 | test N@20 | test HR@50 (REMI) |", "|---|---|---|---|---|"]
+    for name, was in before["cases"].items():
+        now = after["cases"].get(name)
+        if now is None:
+            continue
+        full = list(was["test"])[-1]
+
+        def pair(metric: str) -> str:
+            if metric not in was["test"][full]:
+                return ""
+            return f"{was['test'][full][metric]:.4f} -> {now['test'][full][metric]:.4f}"
+
+        rows.append(f"| {name} (d = {full}) | {was['best_epoch']} -> {now['best_epoch']} | {pair('recall@20')} | "
+                    f"{pair('ndcg@20')} | {pair('hitrate@50')} |")
+    return "\n".join(rows)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", required=True, help="where the JSON record goes")
+    p.add_argument("--table", nargs=2, metavar=("BEFORE", "AFTER"), help="print the two records side by side and exit")
+    p.add_argument("--out", help="where the JSON record goes")
     p.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
     p.add_argument("--against", help="an earlier record: exit 1 on any difference")
     p.add_argument("--runs", help="where the run directories go (default: a temporary folder)")
     args = p.parse_args()
+    if args.table:
+        print(table(*(json.loads(Path(f).read_text()) for f in args.table)))
+        return
+    if not args.out:
+        p.error("--out is required (or --table BEFORE AFTER)")
     with tempfile.TemporaryDirectory() as tmp:
         runs = Path(args.runs or tmp)
         cases = {}
