@@ -51,8 +51,7 @@ def refit_alongside(cfg: config.Config, env: distributed.DistEnv, work: Workload
     refit_work = work.refit()
 
     def one_epoch(model, dense_opts, epoch: int, after_step):
-        loss, level_loss = train_epoch(model, dense_opts, refit_work, cfg, env, epoch, after_step=after_step, show_bar=False)
-        return loss, None if level_loss is None else {str(d): v for d, v in zip(cfg.model.levels, level_loss)}
+        return train_epoch(model, dense_opts, refit_work, cfg, env, epoch, after_step=after_step, show_bar=False)
 
     return RefitAlongside(refit_work, lambda: fresh_model(cfg, refit_work), one_epoch, threads // 2)
 
@@ -119,7 +118,7 @@ def run_epoch(cfg: config.Config, env: distributed.DistEnv, work: Workload, mode
                                    after_step=lambda done, totals: ckpts.after_step(epoch, done, totals))
     record = {"phase": state.phase, "epoch": epoch, "loss": loss, "epoch_seconds": time.perf_counter() - t0}
     if level_loss is not None:  # each level's own (unweighted) loss: is a level still learning?
-        record["level_loss"] = {str(d): v for d, v in zip(cfg.model.levels, level_loss)}
+        record["level_loss"] = level_loss
     state.seconds += record["epoch_seconds"]
     state.epoch, state.batch, state.totals = epoch, 0, None
     due = not (epoch % cfg.eval.every_epochs and epoch != state.epochs)
@@ -166,10 +165,10 @@ class Eta:
 
 def train_epoch(model, dense_opts, work: Workload, cfg: config.Config, env: distributed.DistEnv, epoch: int, *,
                 start: int = 0, carried: list | None = None, after_step=None, show_bar: bool = True,
-                ) -> tuple[float, list[float] | None]:
+                ) -> tuple[float, dict[str, float] | None]:
     """One pass over the training samples from batch `start` on; returns the mean loss over all
-    ranks' samples and each level's mean unweighted loss (None where the loss has no levels:
-    BPR). `carried`: the [loss sum, pairs, level sums...] of the batches before `start`, on
+    ranks' samples and each level's mean unweighted loss, by level ("64": ...; None where the
+    loss has no levels: BPR). `carried`: the [loss sum, pairs, level sums...] of the batches before `start`, on
     rank 0. `after_step(batches done, this rank's totals)` runs after every step (checkpoints).
     `show_bar`: False for the refit beside the selection, whose bar would overwrite the selection's."""
     total = num_batches(work.num_samples, cfg.train.batch_size)
@@ -204,7 +203,8 @@ def train_epoch(model, dense_opts, work: Workload, cfg: config.Config, env: dist
             after_step(step + 1, totals)
     totals = distributed.all_reduce_sum(totals, env)
     pairs = totals[1].clamp(min=1)
-    return (totals[0] / pairs).item(), (totals[2:] / pairs).tolist() if has_levels else None
+    levels = dict(zip(map(str, cfg.model.levels), (totals[2:] / pairs).tolist())) if has_levels else None
+    return (totals[0] / pairs).item(), levels
 
 
 def epoch_line(record: dict, epochs: int, dim: str = "", metric: str = "", best_epoch: int | None = None,
