@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch.distributed._shard.sharded_tensor import ShardedTensor
 
-from distrec.nn.losses import sampled_softmax_from_scores
+from distrec.nn import losses
 
 
 def gramian_penalty(u: torch.Tensor, items: torch.Tensor, levels: tuple[int, ...], weights: tuple[float, ...]) -> torch.Tensor:
@@ -27,10 +27,8 @@ def sampled_softmax(user: torch.Tensor, pos: torch.Tensor, negs: torch.Tensor, b
                     neg_ids: torch.Tensor | None = None, pos_log_q: torch.Tensor | None = None) -> torch.Tensor:
     """One level's per-sample sampled softmax (IHN when beta > 0) for `user [B, D]`, `pos [B, D]`
     and negatives `negs [N, D]` shared by the batch; accidental hits dropped when both ids are given."""
-    if (pos_id is None) != (neg_ids is None):
-        raise ValueError("accidental-hit removal needs both pos_id and neg_ids")
-    hits = None if pos_id is None else neg_ids[None, :] == pos_id[:, None]
-    return sampled_softmax_from_scores((user * pos).sum(dim=-1), user @ negs.T, beta, neg_log_q, pos_log_q, hits)
+    hits = losses._hits(pos_id, neg_ids)  # the package's accidental-hit mask, as its losses use it
+    return losses.sampled_softmax_from_scores((user * pos).sum(dim=-1), user @ negs.T, beta, neg_log_q, pos_log_q, hits)
 
 
 def reference_rr_weight(lambda_ref: float = 100.0, batch_size: int = 128, dim: int = 64) -> float:
