@@ -48,6 +48,7 @@ CHOICES = {
     "train.neg_distribution": ("uniform", "log_uniform"),
     "train.dense_optimizer": ("adam", "adagrad", "sgd"),
     "train.resume": RESUME_MODES,
+    "train.draws": ("auto", "host", "device"),
 }
 
 
@@ -340,6 +341,16 @@ class TrainConfig:
     mns_pool: str = read_when(MNS, "per_level")  # per_level: a fresh block of candidates per level (paper); shared
     optimizer: str = "row_wise_adagrad"  # of the embedding tables, fused into the backward pass (adam: GPU only)
     lr: float = 0.2  # tuned for row-wise Adagrad on Amazon-Phones (docs/results.md)
+    # Large batches: train.lr and train.dense_lr are the rates at `lr_reference_batch` pairs;
+    # at another batch size B both are scaled by (B / lr_reference_batch)^lr_batch_power.
+    # Adagrad normalises each coordinate by its own gradient history, so a batch k times larger
+    # (k times fewer updates, each the sum of k gradients) moves a noise-dominated coordinate as
+    # much per epoch as before and a consistently pushed one sqrt(k) times less. Measured on
+    # Phones (docs/benchmarks.md, "Batch size"): power 0 keeps batch 2,048's validation R@20
+    # within 1% from 8k to 64k at the same epochs; power 0.5 gains 1-2.5% at 8k-16k and loses
+    # 2-3% at 32k-64k. So the default keeps the rates; 0.5 is the choice up to ~16k.
+    lr_reference_batch: int = 2048  # the global batch at which train.lr and train.dense_lr apply unscaled
+    lr_batch_power: float = 0.0  # exponent of the batch-size rule: 0 = the same rates at any batch, 0.5 = square root
     eps: float = read_when(ADAPTIVE, 1e-8)  # epsilon of the Adagrad / Adam updates
     l2: float = read_when(MF, 0.02, as_if=0.0)  # on the batch embeddings (as in common BPR code), tuned with lr
     # Weight each coordinate's L2 like the levels that use it (losses.level_l2_weights); false
@@ -364,6 +375,11 @@ class TrainConfig:
     # update of every item row were half of a Phones step at batch 2,048 (docs/results.md §8).
     gramian_every: int = read_when(GRAMIAN, 1, as_if=1)
     seed: int = 2022  # seed of initial weights, negative draws and batch order
+    # Where model.task=mrl4rec draws a step's candidates and shared negatives: host (numpy,
+    # then copied), device (torch ops where the step runs: no host work or copy per step), or
+    # auto: device on CUDA, host on CPU, where numpy's draws take about half the time of
+    # torch's. Both draw the same ids (nn/counters.py), so the choice never changes a run.
+    draws: str = read_when(MF, "auto", as_if="auto")
     # After early stopping, train a fresh model on train + validation for the selected number
     # of epochs and test that one (the validation split then only picks the epoch count).
     refit: bool = read_when(MF, False, as_if=False)
@@ -395,6 +411,11 @@ class TrainConfig:
     dense_optimizer: str = read_when(MULTI, "adam", why="the routing tower; mrl4rec has no dense layers")  # for the routing tower (dense, DDP); Adam runs on CPU for dense tensors
     dense_lr: float = read_when(MULTI, 1e-3, why="the routing tower; mrl4rec has no dense layers")  # learning rate of train.dense_optimizer
 
+    @property
+    def lr_scale(self) -> float:
+        """The factor on train.lr and train.dense_lr at this batch size (see lr_batch_power)."""
+        return (self.batch_size / self.lr_reference_batch) ** self.lr_batch_power
+
     def __post_init__(self) -> None:
         _check_choice("train.loss", self.loss)
         _check_choice("train.sampler", self.sampler)
@@ -407,6 +428,7 @@ class TrainConfig:
         _check_choice("train.neg_distribution", self.neg_distribution)
         _check_choice("train.dense_optimizer", self.dense_optimizer)
         _check_choice("train.resume", self.resume)
+        _check_choice("train.draws", self.draws)
         for name in ("checkpoint_every", "checkpoint_every_steps", "checkpoint_every_minutes"):
             value = getattr(self, name)
             if not (value >= 0 and math.isfinite(value)):  # also refuses nan
@@ -416,6 +438,10 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "num_negs", "refit_epochs", "gramian_every"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"train.{name} must be positive, got {getattr(self, name)}")
+        if self.lr_reference_batch <= 0:
+            raise ConfigError(f"train.lr_reference_batch must be positive, got {self.lr_reference_batch}")
+        if not 0 <= self.lr_batch_power <= 1:
+            raise ConfigError(f"train.lr_batch_power must be within [0, 1], got {self.lr_batch_power}")
         if self.lr <= 0:
             raise ConfigError(f"train.lr must be positive, got {self.lr}")
         if self.l2 < 0:

@@ -40,11 +40,20 @@ class Slice(NamedTuple):
     first: int  # global position in the epoch of rows[0]: rows[i] sits at first + i
 
 
+def epoch_order(num_pairs: int, seed: int, epoch: int) -> np.ndarray:
+    """The epoch's shuffled order of the training samples: slice i of it is batch i."""
+    return np.random.default_rng([seed, epoch]).permutation(num_pairs)
+
+
 def epoch_batches(
-    num_pairs: int, global_batch: int, seed: int, epoch: int, rank: int, world_size: int, start: int = 0
+    num_pairs: int, global_batch: int, seed: int, epoch: int, rank: int, world_size: int, start: int = 0,
+    order: np.ndarray | None = None,
 ) -> Iterator[Slice]:
-    """This rank's slice of every batch of the epoch, from batch `start` on."""
-    order = np.random.default_rng([seed, epoch]).permutation(num_pairs)
+    """This rank's slice of every batch of the epoch, from batch `start` on (`order`: the
+    epoch's `epoch_order`, when the caller has it already). Slice.rows is
+    order[first : first + len(rows)], so a copy of the order on the device slices the same rows."""
+    if order is None:
+        order = epoch_order(num_pairs, seed, epoch)
     size = min(global_batch, num_pairs)
     for b in range(start, num_batches(num_pairs, global_batch)):
         batch = order[b * size : (b + 1) * size]

@@ -8,7 +8,10 @@ another number of ranks) draws exactly what the uninterrupted run would have.
 
 The mixer is SplitMix64's finaliser over wrapping uint64 arithmetic (Steele et al., 2014):
 statistically sound for sampling, vectorised, about as fast as `Generator.integers`.
-Imports: numpy.
+`torch_random` / `torch_integers` are the same functions over int64 tensors on any device
+(wrapping int64 products and masked shifts are the uint64 ones bit for bit), so draws can be
+made where the step runs, equal to the numpy ones (tests/unit/test_samplers.py).
+Imports: numpy, torch.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import enum
 
 import numpy as np
+import torch
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _M1, _M2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
@@ -65,3 +69,34 @@ def integers(stream: np.uint64, counters: np.ndarray, high: int) -> np.ndarray:
     """Uniform int64 in [0, high), one per counter. The float route biases an id by at most
     high / 2^53 of its probability, far below anything sampling could notice."""
     return np.minimum((random(stream, counters) * high).astype(np.int64), high - 1)
+
+
+def _signed(v: int) -> int:
+    """A uint64 constant as the int64 with the same bits (torch has no uint64 arithmetic)."""
+    v &= 0xFFFFFFFFFFFFFFFF
+    return v - (1 << 64) if v >= 1 << 63 else v
+
+
+_T_GOLDEN, _T_M1, _T_M2 = (_signed(int(c)) for c in (_GOLDEN, _M1, _M2))
+
+
+def _shr(x: torch.Tensor, s: int) -> torch.Tensor:
+    # A logical right shift: int64 `>>` is arithmetic, so clear the sign bits it copies in.
+    return (x >> s) & ((1 << (64 - s)) - 1)
+
+
+def _torch_mix(x: torch.Tensor) -> torch.Tensor:
+    x = (x ^ _shr(x, 30)) * _T_M1
+    x = (x ^ _shr(x, 27)) * _T_M2
+    return x ^ _shr(x, 31)
+
+
+def torch_random(stream: np.uint64 | int, counters: torch.Tensor) -> torch.Tensor:
+    """`random` on a tensor of non-negative int64 counters, on the counters' device: float64."""
+    x = _torch_mix(counters.to(torch.int64) * _T_GOLDEN + _signed(int(stream)))
+    return _shr(x, 11).to(torch.float64) * _UNIT
+
+
+def torch_integers(stream: np.uint64 | int, counters: torch.Tensor, high: int) -> torch.Tensor:
+    """`integers` on a tensor of counters, on the counters' device: int64 in [0, high)."""
+    return (torch_random(stream, counters) * high).to(torch.int64).clamp_(max=high - 1)

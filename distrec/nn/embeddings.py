@@ -140,7 +140,7 @@ def lookup(collection: nn.Module, key: str, ids: torch.Tensor) -> torch.Tensor:
 
 
 def _optimizer_kwargs(cfg: TrainConfig) -> dict:
-    kwargs: dict = {"lr": cfg.lr}
+    kwargs: dict = {"lr": cfg.lr * cfg.lr_scale}  # train.lr is the rate at train.lr_reference_batch
     if cfg.optimizer in ("row_wise_adagrad", "adagrad", "adam"):
         kwargs["eps"] = cfg.eps
     return kwargs
@@ -182,5 +182,5 @@ def dense_optimizers(model: nn.Module, cfg: TrainConfig) -> list[torch.optim.Opt
     if tables:
         out.append(_OPTIMIZERS[cfg.optimizer](tables, **_optimizer_kwargs(cfg)))
     if towers:
-        out.append(_DENSE_OPTIMIZERS[cfg.dense_optimizer](towers, lr=cfg.dense_lr))
+        out.append(_DENSE_OPTIMIZERS[cfg.dense_optimizer](towers, lr=cfg.dense_lr * cfg.lr_scale))
     return out

@@ -76,6 +76,50 @@ class CandidateSampler:
         raise RuntimeError(f"could not draw negatives for {len(bad)} candidates in {self.max_rounds} rounds")
 
 
+class DeviceCandidateSampler:
+    """`CandidateSampler.draw` with torch ops on the training device: the same keys, bit filter
+    and counter-based draws, so its candidates equal the numpy sampler's id for id, without a
+    host step or a host-to-device copy per batch (tests/unit/test_samplers.py)."""
+
+    def __init__(self, host: CandidateSampler, device: torch.device):
+        self.num_items, self.max_rounds, self.log_bits = host.num_items, host.max_rounds, host.log_bits
+        self.keys = torch.from_numpy(host.keys).to(device)
+        self.bits = torch.from_numpy(host.bits).to(device)
+        self.device = device
+
+    def _slots(self, keys: torch.Tensor) -> torch.Tensor:
+        shift = 64 - self.log_bits
+        return ((keys * counters._signed(int(_FIB))) >> shift) & ((1 << self.log_bits) - 1)
+
+    def is_train(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        keys = users * self.num_items + items
+        slots = self._slots(keys)
+        maybe = ((self.bits[slots >> 3].to(torch.int64) >> (slots & 7)) & 1).bool()
+        out = torch.zeros(keys.shape, dtype=torch.bool, device=keys.device)
+        where = maybe.nonzero().squeeze(1)
+        if where.numel() and self.keys.numel():
+            sub = keys[where]
+            found = self.keys[torch.searchsorted(self.keys, sub).clamp_(max=self.keys.numel() - 1)] == sub
+            out[where] = found
+        return out
+
+    def draw(self, stream: np.uint64, positions: torch.Tensor, users: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+        """As `CandidateSampler.draw`, for tensors on this sampler's device."""
+        users = users.to(torch.int64)
+        per = int(np.prod(shape))
+        slots = (positions.to(torch.int64)[:, None] * per + torch.arange(per, device=users.device)).reshape(len(users), *shape)
+        out = counters.torch_integers(stream, slots, self.num_items)
+        owner = users.reshape(-1, *([1] * len(shape))).expand(out.shape)
+        flat_out, flat_owner, flat_slots = out.view(-1), owner.reshape(-1), slots.reshape(-1)
+        bad = self.is_train(flat_owner, flat_out).nonzero().squeeze(1)
+        for round_ in range(1, self.max_rounds + 1):
+            if bad.numel() == 0:
+                return out
+            flat_out[bad] = counters.torch_integers(counters.key(stream, round_), flat_slots[bad], self.num_items)
+            bad = bad[self.is_train(flat_owner[bad], flat_out[bad])]
+        raise RuntimeError(f"could not draw negatives for {bad.numel()} candidates in {self.max_rounds} rounds")
+
+
 def shared_negatives(stream: np.uint64, first: int, local: int, num_items: int, num: int) -> np.ndarray:
     """Negative ids `[N]` shared by a rank's slice of a batch: `num` uniform draws with
     replacement, or every item (in id order) when `num` reaches the catalogue size, which
@@ -87,6 +131,15 @@ def shared_negatives(stream: np.uint64, first: int, local: int, num_items: int, 
         return np.arange(num_items, dtype=np.int64)
     per = -(-num // max(local, 1))
     return counters.integers(stream, np.arange(first * per, first * per + num), num_items)
+
+
+def device_shared_negatives(stream: np.uint64, first: int, local: int, num_items: int, num: int,
+                            device: torch.device) -> torch.Tensor:
+    """`shared_negatives` drawn on `device`: the same ids."""
+    if num >= num_items:
+        return torch.arange(num_items, dtype=torch.int64, device=device)
+    per = -(-num // max(local, 1))
+    return counters.torch_integers(stream, torch.arange(first * per, first * per + num, device=device), num_items)
 
 
 def candidate_shape(sampler: str, num_negs: int, num_levels: int, mns_pool: str) -> tuple[int, int]:
