@@ -10,7 +10,7 @@ The mixer is SplitMix64's finaliser over wrapping uint64 arithmetic (Steele et a
 statistically sound for sampling, vectorised, about as fast as `Generator.integers`.
 `torch_random` / `torch_integers` are the same functions over int64 tensors on any device
 (wrapping int64 products and masked shifts are the uint64 ones bit for bit), so draws can be
-made where the step runs, equal to the numpy ones (tests/unit/test_samplers.py).
+made where the step runs, equal to the numpy ones (tests/unit/test_device_draws.py).
 Imports: numpy, torch.
 """
 

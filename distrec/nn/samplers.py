@@ -79,7 +79,7 @@ class CandidateSampler:
 class DeviceCandidateSampler:
     """`CandidateSampler.draw` with torch ops on the training device: the same keys, bit filter
     and counter-based draws, so its candidates equal the numpy sampler's id for id, without a
-    host step or a host-to-device copy per batch (tests/unit/test_samplers.py)."""
+    host step or a host-to-device copy per batch (tests/unit/test_device_draws.py)."""
 
     def __init__(self, host: CandidateSampler, device: torch.device):
         self.num_items, self.max_rounds, self.log_bits = host.num_items, host.max_rounds, host.log_bits

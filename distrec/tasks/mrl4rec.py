@@ -290,7 +290,7 @@ class HostDraws:
 class DeviceDraws(HostDraws):
     """The same draws with torch ops on the training device: the pairs, the epoch's order and
     the sampler's keys are copied there once (per epoch for the order), so a step has no host
-    work and no copy. Equal to HostDraws id for id (tests/unit/test_samplers.py)."""
+    work and no copy. Equal to HostDraws id for id (tests/unit/test_device_draws.py)."""
 
     def __init__(self, data: InteractionData, sampler: CandidateSampler, shape: tuple[int, int],
                  pairs_per_user: np.ndarray, device: torch.device):
