@@ -146,6 +146,13 @@ def _optimizer_kwargs(cfg: TrainConfig) -> dict:
     return kwargs
 
 
+def materialised(rows) -> torch.Tensor:
+    """A sharded collection's output as a plain tensor. TorchRec returns a lazy awaitable that
+    torch ops wait on by themselves, but a custom `autograd.Function` does not see it as a
+    tensor (its output would silently not require grad), so such callers wait first."""
+    return rows.wait() if hasattr(rows, "wait") else rows
+
+
 def lookup_padded(lookup, ids: torch.Tensor) -> torch.Tensor:
     """`lookup(ids)`, also for an empty `ids`: a rank may have nothing to look up but must
     still join the collective lookup of a sharded table, so it asks for row 0 and drops it."""

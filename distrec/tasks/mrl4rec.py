@@ -23,8 +23,8 @@ from distrec.config import Config, ModelConfig, TrainConfig
 from distrec.data import InteractionData, load_dataset
 from distrec.data.batches import DeviceBatch, epoch_batches, epoch_order, num_batches
 from distrec.eval import evaluate
-from distrec.nn import counters, losses, samplers
-from distrec.nn.embeddings import Tables
+from distrec.nn import counters, fused_pairwise, losses, samplers
+from distrec.nn.embeddings import Tables, materialised
 from distrec.nn.samplers import CandidateSampler, candidate_shape, shared_negatives
 from distrec.tasks.workload import Workload, digest, inner, shard_task
 
@@ -67,24 +67,30 @@ class MatryoshkaMF(nn.Module):
         b = batch.users.shape[0]
         u = self.tables.users(batch.users)  # [B, D]
         per_level: list = []  # each level's unweighted loss, summed over the batch (for the logs)
+        frequency = self.l2_user_exponent != 1  # users' L2 by their pair counts, items' per occurrence
         if self.loss_kind == "softmax":
             per_sample, regularised = self._softmax(u, batch, per_level)
+            if frequency:
+                reg = self.l2 * (losses.frequency_l2(u, batch.user_scale, self.l2_user_exponent, self.l2_weights)
+                                 + losses.l2_penalty(*regularised[1:], weights=self.l2_weights))
+            else:
+                reg = self.l2 * losses.l2_penalty(*regularised, weights=self.l2_weights)
         else:
             negs = self.choose_negatives(u.detach(), batch.cands, batch.global_size)  # [B, J]
             # Positives and chosen negatives share one lookup: one all-to-all instead of two.
             rows = self.tables.items(torch.cat([batch.pos, negs.reshape(-1)]))
-            pos, neg = rows[:b], rows[b:].view(b, negs.shape[1], -1)
-            per_sample = losses.pairwise_loss(u, pos, neg, self.levels, self.weights, self.loss_kind, per_level)
-            regularised = (u, pos, neg)
+            # The loss and its L2 in one function with a hand-written backward (fused_pairwise):
+            # equal to losses.pairwise_loss + l2_penalty, in a few passes instead of ~50.
+            terms = fused_pairwise.terms_of(self.loss_kind, self.levels, self.weights, negs.shape[1])
+            user_l2 = batch.user_scale.pow(1.0 - self.l2_user_exponent) if frequency else None
+            per_sample, reg, soft = fused_pairwise.pairwise_with_l2(
+                materialised(u), materialised(rows), negs.shape[1], terms, self.l2, self.l2_weights, user_l2)
+            if self.loss_kind == "mrl":  # BPR has no per-level terms
+                per_level.extend(soft.sum(dim=0))
         item_term = u.new_zeros(())
         if self.gramian > 0:
             gram, item_term = self._gramian(u, batch)
             per_sample = per_sample + self.gramian * gram
-        if self.l2_user_exponent != 1:  # users by their pair counts, items per occurrence
-            reg = self.l2 * (losses.frequency_l2(u, batch.user_scale, self.l2_user_exponent, self.l2_weights)
-                             + losses.l2_penalty(*regularised[1:], weights=self.l2_weights))
-        else:
-            reg = self.l2 * losses.l2_penalty(*regularised, weights=self.l2_weights)
         # Gradients are averaged over ranks (DDP, and TorchRec's gradient division for sharded
         # tables), so each rank's share of the global-batch mean is scaled by the world size:
         # exactly the one-process gradient, even when local batches differ in size by one.
