@@ -27,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_row(cfg: str, batch: int, power: float, extra: list[str]) -> dict:
+def run_row(cfg: str, batch: int, power: float, extra: list[str], report: str | None = None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, "-m", "distrec.train", "--config", cfg, f"train.batch_size={batch}",
                f"train.lr_batch_power={power}", "train.refit=false", f"run_dir={tmp}/run", *extra]
@@ -41,10 +41,11 @@ def run_row(cfg: str, batch: int, power: float, extra: list[str]) -> dict:
     evaluated = [r for r in records if "valid" in r]
     select = summary.get("select_metric") or "recall@20"
     full = max(evaluated[0]["valid"], key=int)
-    best = max(evaluated, key=lambda r: r["valid"][full][select])
+    best = max(evaluated, key=lambda r: r["valid"][full][select])  # the run's own selection
+    shown = report or select  # e.g. hitrate@50 for REMI, at the epoch that recall@50 selected
     return {
         "batch_size": batch, "power": power, "best_epoch": best["epoch"], "epochs_run": records[-1]["epoch"],
-        "valid": {d: m[select] for d, m in best["valid"].items()}, "metric": select,
+        "valid": {d: m[shown] for d, m in best["valid"].items()}, "metric": shown, "select_metric": select,
         "epoch_s": statistics.median(r["epoch_seconds"] for r in records), "wall_s": wall,
         "command": " ".join(["python -m distrec.train", *cmd[3:-2 - len(extra)], *extra]),
     }
@@ -76,6 +77,8 @@ def main() -> None:
     ap.add_argument("--reference", type=int, default=2048, help="the batch every ratio is taken against")
     ap.add_argument("--out", required=True, help="OUT.json and OUT.md are written")
     ap.add_argument("--fresh", action="store_true")
+    ap.add_argument("--report", help="the validation metric shown (default: the config's select_metric), "
+                                     "read at the epoch the select_metric chose")
     ap.add_argument("overrides", nargs="*", help="config overrides for every row (key=value)")
     args = ap.parse_args()
     out = Path(args.out)
@@ -86,7 +89,11 @@ def main() -> None:
         for batch in args.batches:
             if any(r["batch_size"] == batch and r["power"] == power for r in rows):
                 continue
-            row = run_row(args.config, batch, power, args.overrides)
+            same = next((r for r in rows if r["batch_size"] == batch == args.reference), None)
+            if same is not None:  # at the reference batch the power scales nothing: the same run
+                rows.append({**same, "power": power})
+                continue
+            row = run_row(args.config, batch, power, args.overrides, args.report)
             rows.append(row)
             print(json.dumps(row), flush=True)
             meta = {"config": args.config, "overrides": args.overrides, "reference": args.reference,

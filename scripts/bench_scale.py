@@ -48,6 +48,8 @@ def main() -> None:
                    "on a trained model")
     p.add_argument("--checkpoint", default=None, help="also time checkpoint.save / load of the model (3 saves) in this "
                    "directory: what a mid-epoch checkpoint stalls training for")
+    p.add_argument("--profile", default=None, help="after timing, profile 10 more steps with torch.profiler and write "
+                   "rank 0's table (the step's phases, then the ops by self time) to this file")
     p.add_argument("overrides", nargs="*")
     args = p.parse_args()
     if args.task == "multi_interest":
@@ -64,6 +66,8 @@ def main() -> None:
     model, dense = work.build()
     out["shard_seconds"] = time.perf_counter() - t
     step_s = time_steps(work, model, dense, env, args.steps)
+    if args.profile is not None:
+        profile_steps(work, model, dense, env, Path(args.profile))
     out.update(step_ms_median=1000 * step_s, pairs_per_s=cfg.train.batch_size / step_s,
                epoch_seconds_est=data.train_users.size / cfg.train.batch_size * step_s)
     if args.checkpoint is not None:
@@ -135,6 +139,38 @@ def time_steps(work, model, dense, env, steps: int) -> float:
         if step >= 5:  # the first steps warm up allocators and the kernels
             times.append(time.perf_counter() - t)
     return float(np.median(times))
+
+
+def profile_steps(work, model, dense, env, path: Path, steps: int = 10) -> None:
+    """Where a step's time goes: torch.profiler over `steps` steps (after the timed ones), each
+    phase in its own region (batch = building the batch and its draws), written by rank 0."""
+    from torch.autograd.profiler import record_function
+    from torch.profiler import ProfilerActivity, profile
+
+    batches = work.batches(3)
+    model.train()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if env.device.type == "cuda" else [])
+    with profile(activities=activities, record_shapes=True) as prof:
+        for _ in range(steps):
+            with record_function("step.batch"):
+                batch = next(batches)
+            with record_function("step.forward"):
+                loss, _ = model(batch)
+            with record_function("step.backward"):
+                loss.backward()
+            with record_function("step.dense"):
+                for opt in dense:
+                    opt.step()
+                    opt.zero_grad()
+    if env.is_main:
+        table = prof.key_averages()
+        phases = [e for e in table if e.key.startswith("step.")]
+        lines = [f"{steps} steps; per step, ms (CPU total, self included):"]
+        lines += [f"  {e.key:15s} {e.cpu_time_total / 1000 / steps:9.2f}" for e in phases]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        by_shape = prof.key_averages(group_by_input_shape=True).table(sort_by="self_cpu_time_total", row_limit=25)
+        path.write_text("\n".join(lines) + "\n\n" + table.table(sort_by="self_cpu_time_total", row_limit=30)
+                        + "\n\nBy input shape:\n" + by_shape + "\n")
 
 
 def sequence_log(preset: str, path: Path) -> None:
