@@ -380,6 +380,11 @@ class TrainConfig:
     # auto: device on CUDA, host on CPU, where numpy's draws take about half the time of
     # torch's. Both draw the same ids (nn/counters.py), so the choice never changes a run.
     draws: str = read_when(MF, "auto", as_if="auto")
+    # Batches built this many steps ahead, in a background thread (run/prefetch.py), so the
+    # host's share of a batch (order slice, numpy draws, the copy to the device) overlaps the
+    # step's kernels; 0 builds each batch inside its step. A batch depends only on (epoch,
+    # step), never on the model, so the choice never changes what is trained.
+    prefetch: int = 1
     # After early stopping, train a fresh model on train + validation for the selected number
     # of epochs and test that one (the validation split then only picks the epoch count).
     refit: bool = read_when(MF, False, as_if=False)
@@ -438,6 +443,8 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "num_negs", "refit_epochs", "gramian_every"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"train.{name} must be positive, got {getattr(self, name)}")
+        if self.prefetch < 0:
+            raise ConfigError(f"train.prefetch must be >= 0 (0 = off), got {self.prefetch}")
         if self.lr_reference_batch <= 0:
             raise ConfigError(f"train.lr_reference_batch must be positive, got {self.lr_reference_batch}")
         if not 0 <= self.lr_batch_power <= 1:

@@ -8,6 +8,7 @@ run/checkpoint.py's. Imports: torch, distrec.config / distributed / tasks / run.
 from __future__ import annotations
 
 import logging
+import math
 import shutil
 import time
 from pathlib import Path
@@ -121,7 +122,11 @@ class CheckpointManager:
             self.pending = True  # the epoch's own checkpoint, after its evaluation, covers it
         elif reason == "preempt" or (reason == "interval" and resumable):
             if resumable:  # mid-epoch: the epoch's loss so far, summed over ranks, travels along
-                self.write(epoch - 1, done, distributed.all_reduce_sum(totals.clone(), self.env).tolist())
+                summed = distributed.all_reduce_sum(totals.clone(), self.env).tolist()
+                if not math.isfinite(summed[0]):  # the loop checks every few steps on a GPU: never save what diverged
+                    raise FloatingPointError(f"non-finite loss at epoch {epoch} before batch {done}; lower train.lr "
+                                             "or check the data. Nothing from this epoch was saved.")
+                self.write(epoch - 1, done, summed)
             if reason == "preempt":
                 raise self.preempted(f"at epoch {epoch}, batch {done}/{self.steps}")
             log.info(f"checkpoint: epoch {epoch}, {done}/{self.steps} batches")

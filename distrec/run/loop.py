@@ -18,6 +18,7 @@ from distrec import config, distributed
 from distrec.data.batches import num_batches
 from distrec.nn import counters
 from distrec.run import checkpoint, console, monitor, outputs
+from distrec.run.prefetch import prefetched
 from distrec.run.checkpoint_manager import CheckpointManager
 from distrec.run.concurrent_refit import RefitAlongside
 from distrec.run.state import Best, TrainState
@@ -174,37 +175,60 @@ def train_epoch(model, dense_opts, work: Workload, cfg: config.Config, env: dist
     total = num_batches(work.num_samples, cfg.train.batch_size)
     # A bar only on a terminal: in a scheduler's log file (torchx, Slurm, Kubernetes) its
     # carriage-return redraws are fragments; the epoch line says all that is needed there.
-    bar = tqdm(work.batches(epoch, start), total=total, initial=start, desc=f"epoch {epoch}", leave=False,
+    batches = prefetched(work.batches(epoch, start), cfg.train.prefetch)
+    bar = tqdm(batches, total=total, initial=start, desc=f"epoch {epoch}", leave=False,
                disable=not (show_bar and cfg.progress and env.is_main and sys.stderr.isatty()), mininterval=1.0)
-    totals = torch.zeros(2 + len(cfg.model.levels), dtype=torch.float64)  # loss sum, pairs, per-level sums
+    # The running sums and the first non-finite step stay on the training device: reading them
+    # on the host every step would make a GPU wait for each step before the next is queued.
+    totals = torch.zeros(2 + len(cfg.model.levels), dtype=torch.float64, device=env.device)  # loss sum, pairs, per-level sums
     if carried:  # a checkpoint written before per-level sums carries only the first two
         totals[: len(carried)] = torch.tensor(carried, dtype=torch.float64)
+    first_bad = torch.full((), -1, dtype=torch.int64, device=env.device)
+    check_every = _check_every(env.device)
     has_levels = False
     model.train()
-    for step, batch in enumerate(bar, start):
-        # Dropout masks from a per-step seed: a run resumed at this step draws the same ones.
-        torch.manual_seed(int(counters.stream(cfg.train.seed, counters.Stream.DROPOUT, epoch, step, env.rank)) >> 1)
-        loss, stats = model(batch)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"non-finite loss {loss.item()} at epoch {epoch}, step {step} on rank {env.rank}; "
-                "lower train.lr or check the data. Nothing from this epoch was saved."
-            )
-        loss.backward()
-        for opt in dense_opts:
-            opt.step()
-            opt.zero_grad()
-        totals[0] += stats["loss_sum"].double().cpu()
-        totals[1] += stats["pairs"].double().cpu()
-        if "level_loss_sum" in stats:
-            totals[2:] += stats["level_loss_sum"].double().cpu()
-            has_levels = True
-        if after_step is not None:
-            after_step(step + 1, totals)
+    try:
+        for step, batch in enumerate(bar, start):
+            # Dropout masks from a per-step seed: a run resumed at this step draws the same ones.
+            torch.manual_seed(int(counters.stream(cfg.train.seed, counters.Stream.DROPOUT, epoch, step, env.rank)) >> 1)
+            loss, stats = model(batch)
+            first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()), step, first_bad)
+            if (step + 1) % check_every == 0:
+                _raise_if_non_finite(first_bad, epoch, env)
+            loss.backward()
+            for opt in dense_opts:
+                opt.step()
+                opt.zero_grad()
+            totals[0] += stats["loss_sum"].detach().double()
+            totals[1] += stats["pairs"].double()
+            if "level_loss_sum" in stats:
+                totals[2:] += stats["level_loss_sum"].detach().double()
+                has_levels = True
+            if after_step is not None:
+                after_step(step + 1, totals)
+        _raise_if_non_finite(first_bad, epoch, env)
+    finally:  # a step that raised (non-finite loss, preemption) stops the batch builder too
+        batches.close()
     totals = distributed.all_reduce_sum(totals, env)
     pairs = totals[1].clamp(min=1)
     levels = dict(zip(map(str, cfg.model.levels), (totals[2:] / pairs).tolist())) if has_levels else None
     return (totals[0] / pairs).item(), levels
+
+
+def _check_every(device: torch.device) -> int:
+    """Steps between host checks of the loss: every step on CPU, where reading it costs
+    nothing; every 16th on a GPU, whose queue would otherwise drain at every step."""
+    return 1 if device.type == "cpu" else 16
+
+
+def _raise_if_non_finite(first_bad: torch.Tensor, epoch: int, env: distributed.DistEnv) -> None:
+    """The error for the first step whose loss was not finite, if any (`first_bad` >= 0)."""
+    step = int(first_bad)
+    if step >= 0:
+        raise FloatingPointError(
+            f"non-finite loss at epoch {epoch}, step {step} on rank {env.rank}; "
+            "lower train.lr or check the data. Nothing from this epoch was saved."
+        )
 
 
 def epoch_line(record: dict, epochs: int, dim: str = "", metric: str = "", best_epoch: int | None = None,
