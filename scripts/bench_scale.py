@@ -32,6 +32,7 @@ sys.path.insert(0, str(ROOT))
 from distrec import config, distributed  # noqa: E402
 from distrec.eval import evaluate  # noqa: E402
 from distrec.run import checkpoint  # noqa: E402
+from distrec.run.prefetch import prefetched  # noqa: E402
 from distrec.data import load_dataset, synthetic  # noqa: E402
 from distrec.tasks import build_workload, mrl4rec  # noqa: E402
 
@@ -65,7 +66,7 @@ def main() -> None:
     work = mrl4rec.from_data(cfg, env, data)  # the trainer's own batches, sampler and evaluation
     model, dense = work.build()
     out["shard_seconds"] = time.perf_counter() - t
-    step_s = time_steps(work, model, dense, env, args.steps)
+    step_s = time_steps(work, model, dense, env, args.steps, cfg.train.prefetch)
     if args.profile is not None:
         profile_steps(work, model, dense, env, Path(args.profile))
     out.update(step_ms_median=1000 * step_s, pairs_per_s=cfg.train.batch_size / step_s,
@@ -115,9 +116,10 @@ def time_checkpoint(where: Path, model, dense, env, cfg, step_s: float) -> dict:
             "checkpoint_save_in_steps": save_s / step_s}
 
 
-def time_steps(work, model, dense, env, steps: int) -> float:
-    """Median seconds of a whole training step (batch building and sampling included), after 5 warm-up steps."""
-    batches = work.batches(1)
+def time_steps(work, model, dense, env, steps: int, depth: int = 0) -> float:
+    """Median seconds of a whole training step (batch building and sampling included; with `depth` > 0 the
+    next batches are built during the step, as train.prefetch does in the loop), after 5 warm-up steps."""
+    batches = prefetched(work.batches(1), depth)  # as the training loop builds them (train.prefetch)
     times = []
     model.train()
     for step in range(steps + 5):
@@ -125,7 +127,7 @@ def time_steps(work, model, dense, env, steps: int) -> float:
         t = time.perf_counter()
         batch = next(batches, None)  # building the batch (sampling included) is part of a step
         if batch is None:  # past one epoch: the next one
-            batches = work.batches(2)
+            batches = prefetched(work.batches(2), depth)
             batch = next(batches)
         loss, _ = model(batch)
         loss.backward()
@@ -202,7 +204,7 @@ def bench_multi_interest(args) -> None:
     work = build_workload(cfg, env, None)
     out["data_seconds"] = time.perf_counter() - t
     model, dense = work.build()
-    step_s = time_steps(work, model, dense, env, args.steps)
+    step_s = time_steps(work, model, dense, env, args.steps, cfg.train.prefetch)
     out.update(step_ms_median=1000 * step_s, samples_per_s=cfg.train.batch_size / step_s, train_samples=work.num_samples,
                epoch_seconds_est=work.num_samples / cfg.train.batch_size * step_s)
     test_rows = len(evaluate.rows_with_targets(work.eval_sets["test"].targets))
