@@ -3,15 +3,16 @@ ceiling, a minimal plain-PyTorch trainer and the CPU library teams pick (`implic
 
     .venv/bin/python scripts/bench.py --preset books --out docs/bench/books [--eval-run runs/books]
 
-Rows (one per distrec configuration, each `scripts/bench_scale.py` under torchrun):
+Rows (one per distrec configuration and batch size, each `scripts/bench_scale.py` under torchrun):
 - `mrl_m`: the default MRL-M step (MNS, 5 levels x 16 candidates), and `bpr_uniform`
-  (full-dimension BPR, one uniform negative: the same work as `implicit`'s BPR);
+  (full-dimension BPR, one uniform negative: the same work as `implicit`'s BPR), at every
+  `--batches` size (default 2,048 and 32,768);
 - on 1 rank with 2 threads and on 2 ranks with 1 thread each, at the same global batch;
-- `bpr_uniform` once more at a batch of 32,768 (1 rank), where per-step costs are amortised;
 - `multi_interest`: REMI with configs/remi_video.yaml's settings on the preset's pairs read as
-  sequences (`bench_scale.py --task multi_interest`), with its whole test evaluation's seconds.
-The plain-PyTorch ratio is given for the rows that run the references' batch.
-References, measured in this process with 2 threads:
+  sequences (`bench_scale.py --task multi_interest`), at every `--remi-batches` size, with its
+  whole test evaluation's seconds.
+Each MF row has its plain-PyTorch reference and memory ceiling at the same batch.
+References, measured in this process with 2 threads, at each batch size:
 - (a) the memory ceiling: a bare `index_select` of every row a step reads and an `index_add_` of
   every row it updates, over tables of the same shape;
 - (b) plain PyTorch MRL-M: `nn.Embedding(sparse=True)` tables with sparse Adagrad, the same
@@ -46,7 +47,6 @@ from distrec.data import load_dataset  # noqa: E402
 
 MODELS = {"mrl_m": [], "bpr_uniform": ["train.loss=bpr", "train.sampler=uniform"]}
 LAYOUTS = ((1, 2), (2, 1))  # (ranks, threads per rank) on 2 cores
-BIG_BATCH = 32768  # bpr_uniform once more at a batch where per-step overheads no longer dominate
 
 
 def distrec_row(preset: str, model: str, ranks: int, threads: int, steps: int, extra: tuple[str, ...] = ()) -> dict:
@@ -152,15 +152,16 @@ def write_md(path: Path, result: dict) -> None:
     refs = result["references"]
     lines = [f"# Training speed, `{result['preset']}` preset ({result['date']}, {result['machine']})", "",
              f"Command: `{result['command']}`", "",
-             "| model | ranks x threads | batch | samples/s | epoch s | vs plain PyTorch | vs memory ceiling | vs implicit | peak RSS GB/rank | eval users/s | eval / best mm |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| model | ranks x threads | batch | samples/s | epoch s | step ms | plain PyTorch samples/s | vs plain PyTorch | vs memory ceiling | vs implicit | peak RSS GB/rank | eval users/s | eval / best mm |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
 
     def cell(value, fmt):
         return "" if value is None else format(value, fmt)
 
     for r in result["rows"]:
+        plain = refs.get(f"plain_pytorch_{r['model']}_{r['batch_size']}", {}).get("samples_per_s")
         lines.append(f"| {r['model']} | {r['ranks']} x {r['threads']} | {r['batch_size']:,} | {r['samples_per_s']:,.0f} | {r['epoch_s']:.0f} | "
-                     f"{cell(r.get('ratio_vs_plain_pytorch'), '.2f')} | {cell(r.get('ratio_vs_ceiling'), '.3f')} | "
+                     f"{r['step_ms']:.1f} | {cell(plain, ',.0f')} | {cell(r.get('ratio_vs_plain_pytorch'), '.2f')} | {cell(r.get('ratio_vs_ceiling'), '.3f')} | "
                      f"{cell(r.get('ratio_vs_implicit'), '.3f')} | {r['peak_rss_gb']:.2f} | "
                      f"{cell(r.get('eval_users_per_s'), ',.0f')} | {cell(r.get('eval_gemm_ratio'), '.2f')} |")
     lines += ["", "References (one process, 2 threads):", ""]
@@ -174,30 +175,35 @@ def main() -> None:
     p.add_argument("--preset", default="books", choices=("books", "small", "tiny"))
     p.add_argument("--out", required=True)
     p.add_argument("--steps", type=int, default=60)
+    p.add_argument("--batches", type=int, nargs="+", default=[2048, 32768], help="global batch sizes of the MF rows")
+    p.add_argument("--remi-batches", type=int, nargs="+", default=[256, 2048], help="batch sizes of the REMI rows")
     p.add_argument("--eval-run", default=None, help="a trained run (e.g. runs/books) for the evaluation columns")
     args = p.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(2)
-    cfg = config.load(None, [f"data.synthetic.preset={args.preset}"])
-    data = load_dataset(cfg.data)
+    cfg0 = config.load(None, [f"data.synthetic.preset={args.preset}"])
+    data = load_dataset(cfg0.data)
     refs: dict = {}
-    for model in MODELS:
-        reads, updates = rows_per_sample(cfg, model)
-        refs[f"ceiling_{model}"] = {"rows_read_per_sample": reads, "rows_updated_per_sample": updates,
-                                    "samples_per_s": ceiling(data.num_users, data.num_items, cfg.model.dim, cfg.train.batch_size, reads, updates)}
-        refs[f"plain_pytorch_{model}"] = {"samples_per_s": plain_pytorch(data, cfg, model)}
+    for batch in args.batches:
+        cfg = config.load(None, [f"data.synthetic.preset={args.preset}", f"train.batch_size={batch}"])
+        ref_steps = max(5, min(30, 30 * 2048 // batch))  # a big batch's step is long: fewer, still > 1 s of work
+        for model in MODELS:
+            reads, updates = rows_per_sample(cfg, model)
+            refs[f"ceiling_{model}_{batch}"] = {"batch_size": batch, "rows_read_per_sample": reads, "rows_updated_per_sample": updates,
+                                                "samples_per_s": ceiling(data.num_users, data.num_items, cfg.model.dim, batch, reads, updates)}
+            refs[f"plain_pytorch_{model}_{batch}"] = {"batch_size": batch, "samples_per_s": plain_pytorch(data, cfg, model, ref_steps)}
+            print(json.dumps({k: v for k, v in refs.items() if k.endswith(f"{model}_{batch}")}), flush=True)
     bpr = implicit_bpr(data)
     refs["implicit_bpr"] = bpr if bpr is not None else {"skipped": "implicit is not installed"}
     rows = []
-    runs = [(model, ranks, threads, ()) for model in MODELS for ranks, threads in LAYOUTS]
-    runs.append(("bpr_uniform", 1, 2, (f"train.batch_size={BIG_BATCH}",)))
-    runs += [("multi_interest", ranks, threads, ()) for ranks, threads in LAYOUTS]
-    for model, ranks, threads, extra in runs:
-        r = distrec_row(args.preset, model, ranks, threads, args.steps, extra)
-        same_work = model in MODELS and not extra  # the references run the default batch
-        r["ratio_vs_plain_pytorch"] = r["samples_per_s"] / refs[f"plain_pytorch_{model}"]["samples_per_s"] if same_work else None
-        r["ratio_vs_ceiling"] = r["samples_per_s"] / refs[f"ceiling_{model}"]["samples_per_s"] if same_work else None
+    runs = [(model, ranks, threads, batch) for batch in args.batches for model in MODELS for ranks, threads in LAYOUTS]
+    runs += [("multi_interest", ranks, threads, batch) for batch in args.remi_batches for ranks, threads in LAYOUTS]
+    for model, ranks, threads, batch in runs:
+        r = distrec_row(args.preset, model, ranks, threads, args.steps, (f"train.batch_size={batch}",))
+        if model in MODELS:
+            r["ratio_vs_plain_pytorch"] = r["samples_per_s"] / refs[f"plain_pytorch_{model}_{batch}"]["samples_per_s"]
+            r["ratio_vs_ceiling"] = r["samples_per_s"] / refs[f"ceiling_{model}_{batch}"]["samples_per_s"]
         if model == "bpr_uniform" and bpr is not None:
             r["ratio_vs_implicit"] = r["samples_per_s"] / bpr["samples_per_s"]
         rows.append(r)
@@ -207,7 +213,7 @@ def main() -> None:
                             capture_output=True, text=True, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "2"}, timeout=3600)
         refs["evaluation"] = json.loads(ev.stdout.strip().splitlines()[-1]) if ev.returncode == 0 else {"failed": ev.stderr[-500:]}
         for r in rows:
-            if r["model"] == "mrl_m" and r["ranks"] == 1 and ev.returncode == 0:
+            if r["model"] == "mrl_m" and r["ranks"] == 1 and r["batch_size"] == args.batches[0] and ev.returncode == 0:
                 r["eval_users_per_s"] = refs["evaluation"]["eval_users_per_s"]
                 r["eval_gemm_ratio"] = refs["evaluation"]["eval_gemm_ratio"]
     result = {"preset": args.preset, "date": time.strftime("%Y-%m-%d"), "machine": f"{os.cpu_count()} CPU cores, torch {torch.__version__}",

@@ -32,10 +32,11 @@ def prefetched(batches: Iterator[T], depth: int) -> Iterator[T]:
         return
     ready: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
-    threads = torch.get_num_threads()  # OpenMP's thread count is per thread: the builder keeps the caller's
-
     def build() -> None:
-        torch.set_num_threads(threads)
+        # One thread for the builder's torch ops (OpenMP's count is per thread): its host work
+        # takes one core beside the step, and a second full team would oversubscribe the cores
+        # the step's own threads spin on. On a GPU its ops are kernel launches either way.
+        torch.set_num_threads(1)
         try:
             for batch in batches:
                 if not _put(ready, (batch, None), stop):
