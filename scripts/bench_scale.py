@@ -150,6 +150,7 @@ def profile_steps(work, model, dense, env, path: Path, steps: int = 10) -> None:
     from torch.profiler import ProfilerActivity, profile
 
     batches = work.batches(3)
+    next(batches)  # the epoch's first batch also shuffles the epoch's order: not a step's cost
     model.train()
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if env.device.type == "cuda" else [])
     with profile(activities=activities, record_shapes=True) as prof:
