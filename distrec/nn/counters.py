@@ -71,13 +71,13 @@ def integers(stream: np.uint64, counters: np.ndarray, high: int) -> np.ndarray:
     return np.minimum((random(stream, counters) * high).astype(np.int64), high - 1)
 
 
-def _signed(v: int) -> int:
+def as_int64(v: int) -> int:
     """A uint64 constant as the int64 with the same bits (torch has no uint64 arithmetic)."""
     v &= 0xFFFFFFFFFFFFFFFF
     return v - (1 << 64) if v >= 1 << 63 else v
 
 
-_T_GOLDEN, _T_M1, _T_M2 = (_signed(int(c)) for c in (_GOLDEN, _M1, _M2))
+_T_GOLDEN, _T_M1, _T_M2 = (as_int64(int(c)) for c in (_GOLDEN, _M1, _M2))
 
 
 def _shr(x: torch.Tensor, s: int) -> torch.Tensor:
@@ -93,7 +93,7 @@ def _torch_mix(x: torch.Tensor) -> torch.Tensor:
 
 def torch_random(stream: np.uint64 | int, counters: torch.Tensor) -> torch.Tensor:
     """`random` on a tensor of non-negative int64 counters, on the counters' device: float64."""
-    x = _torch_mix(counters.to(torch.int64) * _T_GOLDEN + _signed(int(stream)))
+    x = _torch_mix(counters.to(torch.int64) * _T_GOLDEN + as_int64(int(stream)))
     return _shr(x, 11).to(torch.float64) * _UNIT
 
 

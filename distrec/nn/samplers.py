@@ -89,7 +89,7 @@ class DeviceCandidateSampler:
 
     def _slots(self, keys: torch.Tensor) -> torch.Tensor:
         shift = 64 - self.log_bits
-        return ((keys * counters._signed(int(_FIB))) >> shift) & ((1 << self.log_bits) - 1)
+        return ((keys * counters.as_int64(int(_FIB))) >> shift) & ((1 << self.log_bits) - 1)
 
     def is_train(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         keys = users * self.num_items + items

@@ -271,6 +271,7 @@ class HostDraws:
 
     def __init__(self, data: InteractionData, sampler: CandidateSampler, shape: tuple[int, int],
                  pairs_per_user: np.ndarray, device: torch.device):
+        # `device` is unused (the Batch's `.to` copies); DeviceDraws takes the same arguments.
         self.data, self.sampler, self.shape, self.pairs_per_user = data, sampler, shape, pairs_per_user
 
     def start_epoch(self, order: np.ndarray) -> None:
