@@ -32,7 +32,12 @@ def prefetched(batches: Iterator[T], depth: int) -> Iterator[T]:
         return
     ready: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
+    # The current CUDA device is per thread too: the builder's is the caller's (its local rank).
+    cuda = torch.cuda.current_device() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+
     def build() -> None:
+        if cuda is not None:
+            torch.cuda.set_device(cuda)
         # One thread for the builder's torch ops (OpenMP's count is per thread): its host work
         # takes one core beside the step, and a second full team would oversubscribe the cores
         # the step's own threads spin on. On a GPU its ops are kernel launches either way.
