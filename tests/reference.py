@@ -1,6 +1,6 @@
 """References the tests hold the package to, written without the code under test: the explicit
 formulas of the losses the package computes another way, brute-force ranking metrics, and a
-helper that gives a sharded model known weights. Nothing in distrec/ imports this module."""
+helper that gives a sharded model known weights and one that reads its blocks back whole. Nothing in distrec/ imports this module."""
 
 from __future__ import annotations
 
@@ -88,3 +88,18 @@ def ranking_metrics(users: np.ndarray, items: np.ndarray, targets, exclude: list
                 sums[f"ndcg@{k}"] += dcg / idcg
         out[str(d)] = {name: value / len(rows) for name, value in sums.items()}
     return out
+
+
+def whole(t: ShardedTensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """This rank's blocks of a ShardedTensor in a zero tensor of its whole size (sum the ranks'
+    results for the table; in one process it is the table)."""
+    full = torch.zeros(t.size(), dtype=dtype)
+    for shard in t.local_shards():
+        index = tuple(slice(o, o + n) for o, n in zip(shard.metadata.shard_offsets, shard.metadata.shard_sizes))
+        full[index] = shard.tensor.to(dtype)
+    return full
+
+
+def whole_tables(model: torch.nn.Module, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+    """Every sharded entry of the model's state dict (its tables), `whole`."""
+    return {k: whole(v, dtype) for k, v in model.state_dict().items() if isinstance(v, ShardedTensor)}

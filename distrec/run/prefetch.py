@@ -41,6 +41,8 @@ def prefetched(batches: Iterator[T], depth: int) -> Iterator[T]:
         # One thread for the builder's torch ops (OpenMP's count is per thread): its host work
         # takes one core beside the step, and a second full team would oversubscribe the cores
         # the step's own threads spin on. On a GPU its ops are kernel launches either way.
+        # torch also keeps this count as the default for threads that start torch work later;
+        # the training thread has started its team already, and the refit thread sets its own.
         torch.set_num_threads(1)
         try:
             for batch in batches:

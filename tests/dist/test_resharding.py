@@ -22,6 +22,7 @@ import torch
 from distrec import config, distributed
 from distrec.run import checkpoint
 from distrec.tasks import build_workload
+from tests import reference
 from tests.dist.launch import run_ranks
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -97,19 +98,10 @@ def _save_then_load(tmp: str, saved_as: str, loaded_as: str) -> dict:
                 checkpoint.load(Path(tmp) / "ckpt", model, opts)
             state = {**model.state_dict(), **{f"{p}.{n}": t for p, e in model.fused_optimizer.state_dict()["state"].items()
                                               for n, t in e.items()}}
-            out[phase] = {k: _full(v) for k, v in state.items() if hasattr(v, "local_shards")}  # tables, accumulators
+            out[phase] = {k: reference.whole(v) for k, v in state.items() if hasattr(v, "local_shards")}  # tables, accumulators
     finally:
         distributed.shutdown()
     return out
-
-
-def _full(t) -> torch.Tensor:
-    """A ShardedTensor's local blocks in a zero tensor of its whole size."""
-    full = torch.zeros(t.size())
-    for shard in t.local_shards():
-        index = tuple(slice(o, o + n) for o, n in zip(shard.metadata.shard_offsets, shard.metadata.shard_sizes))
-        full[index] = shard.tensor
-    return full
 
 
 @pytest.mark.parametrize("saved_as, loaded_as", [("table_wise", "column_wise"), ("column_wise", "table_wise")])

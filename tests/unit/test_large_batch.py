@@ -14,18 +14,7 @@ import torch
 from distrec import config, distributed
 from distrec.run import checkpoint
 from distrec.tasks import build_workload
-
-
-def _tables(model) -> dict[str, torch.Tensor]:
-    out = {}
-    for key, t in model.state_dict().items():
-        if hasattr(t, "local_shards"):
-            full = torch.zeros(t.size(), dtype=torch.float64)
-            for shard in t.local_shards():
-                index = tuple(slice(o, o + n) for o, n in zip(shard.metadata.shard_offsets, shard.metadata.shard_sizes))
-                full[index] = shard.tensor.double()
-            out[key] = full
-    return out
+from tests import reference
 
 
 def _half(batch, part: slice, size: int):
@@ -46,7 +35,7 @@ def test_one_step_over_2b_pairs_is_the_mean_of_two_steps_over_b(overrides):
         work = build_workload(cfg, env, None)
         model, _ = work.build()
         model.module.tables.seed(cfg.train.seed)
-        start, before = checkpoint.snapshot(model), _tables(model)
+        start, before = checkpoint.snapshot(model), reference.whole_tables(model, torch.float64)
         big = next(iter(work.batches(1)))
         assert big.global_size == 2 * b
         moves = []
@@ -54,7 +43,7 @@ def test_one_step_over_2b_pairs_is_the_mean_of_two_steps_over_b(overrides):
             checkpoint.restore(model, start)
             loss, _ = model(batch)
             loss.backward()  # the fused SGD steps in the backward pass
-            moves.append({k: v - before[k] for k, v in _tables(model).items()})
+            moves.append({k: v - before[k] for k, v in reference.whole_tables(model, torch.float64).items()})
     finally:
         distributed.shutdown()
     whole, first, second = moves

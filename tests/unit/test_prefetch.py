@@ -13,6 +13,7 @@ from distrec import config, distributed
 from distrec.run.loop import train_epoch
 from distrec.run.prefetch import prefetched
 from distrec.tasks import build_workload
+from tests import reference
 
 
 @pytest.mark.parametrize("depth", [0, 1, 3])
@@ -47,7 +48,8 @@ def test_leaving_early_stops_the_builder():
     assert len(built) <= 3 + 2 + 1  # those taken, the queue's depth, and one being built
 
 
-def _trained_tables(prefetch: int, sampler: str) -> dict[str, torch.Tensor]:
+def _tables(sampler: str, prefetch: int = 0, epochs: int = 2) -> dict[str, torch.Tensor]:
+    """The whole tables after `epochs` epochs of the training loop (0: as initialised)."""
     cfg = config.load(None, ["data.synthetic.preset=tiny", "train.batch_size=64", f"train.sampler={sampler}",
                              f"train.prefetch={prefetch}", "progress=false"])
     env = distributed.init("cpu")
@@ -55,40 +57,22 @@ def _trained_tables(prefetch: int, sampler: str) -> dict[str, torch.Tensor]:
         work = build_workload(cfg, env, None)
         model, opts = work.build()
         model.module.tables.seed(cfg.train.seed)
-        for epoch in (1, 2):
+        for epoch in range(1, epochs + 1):
             train_epoch(model, opts, work, cfg, env, epoch)
-        return {k: _full(v) for k, v in model.state_dict().items() if hasattr(v, "local_shards")}
+        return reference.whole_tables(model)
     finally:
         distributed.shutdown()
-
-
-def _full(t) -> torch.Tensor:
-    full = torch.zeros(t.size())
-    for shard in t.local_shards():
-        index = tuple(slice(o, o + n) for o, n in zip(shard.metadata.shard_offsets, shard.metadata.shard_sizes))
-        full[index] = shard.tensor
-    return full
 
 
 @pytest.mark.parametrize("sampler", ["mns", "uniform"])
 def test_a_prefetched_loop_trains_exactly_the_plain_loops_tables(sampler):
-    plain, ahead = _trained_tables(0, sampler), _trained_tables(2, sampler)
+    plain, ahead = _tables(sampler, prefetch=0), _tables(sampler, prefetch=2)
     assert plain.keys() == ahead.keys() and len(plain) == 2  # the user and the item table
     for key in plain:
         torch.testing.assert_close(ahead[key], plain[key], rtol=0, atol=1e-6)
     # and training did move them: equal tables are not two untouched initialisations
-    assert not torch.equal(plain[next(iter(plain))], _initial(sampler)[next(iter(plain))])
-
-
-def _initial(sampler: str) -> dict[str, torch.Tensor]:
-    cfg = config.load(None, ["data.synthetic.preset=tiny", "train.batch_size=64", f"train.sampler={sampler}"])
-    env = distributed.init("cpu")
-    try:
-        model, _ = build_workload(cfg, env, None).build()
-        model.module.tables.seed(cfg.train.seed)
-        return {k: _full(v) for k, v in model.state_dict().items() if hasattr(v, "local_shards")}
-    finally:
-        distributed.shutdown()
+    first = next(iter(plain))
+    assert not torch.equal(plain[first], _tables(sampler, epochs=0)[first])
 
 
 def test_prefetch_must_not_be_negative():
